@@ -1,0 +1,1 @@
+"""Engines a sidecar can serve."""

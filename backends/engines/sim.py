@@ -1,0 +1,228 @@
+"""A simulated inference engine with a realistic latency and queueing model.
+
+It is what the zero-setup demo, the tests and the load tests run on, so it
+behaves like a continuous-batching engine where it matters to a gateway:
+a time to first token (plus prefill time that grows with the prompt), an
+inter-token latency, a fixed number of concurrent sequences with a real
+FIFO waiting queue behind them (so load reports and queue depth are real),
+a bounded queue that refuses work when full, prompt aborts, and failure
+injection for tests. Output text is deterministic: built from the prompt's
+own words, so a test can predict it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backends.engine import (
+    Delta,
+    EngineFailed,
+    EngineRejectedRequest,
+    EngineRequest,
+    EngineUnavailable,
+    Finished,
+    FinishReason,
+    LoadReport,
+)
+
+_FALLBACK_VOCABULARY = ("the", "gateway", "streams", "tokens", "from", "a", "simulated", "engine")
+
+
+class FailureMode(enum.StrEnum):
+    """Faults the simulator can inject, for tests and chaos drills."""
+
+    NONE = "none"
+    ERROR_AT_START = "error_at_start"
+    ERROR_AFTER_TOKENS = "error_after_tokens"
+    HANG = "hang"
+    SLOW = "slow"
+
+
+class SimConfig(BaseModel):
+    """Latency model, capacity and fault injection of the simulator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_ms: float = Field(default=0.0, ge=0, description="Base time to first token.")
+    prefill_ms_per_1k_tokens: float = Field(
+        default=0.0, ge=0, description="Extra time to first token per 1000 prompt tokens."
+    )
+    itl_ms: float = Field(default=0.0, ge=0, description="Time between two tokens.")
+    output_tokens: int = Field(default=64, ge=1, description="Natural answer length in tokens.")
+    max_concurrency: int = Field(default=256, ge=1, description="Sequences generated at once.")
+    max_waiting: int = Field(default=4096, ge=0, description="Queue length before refusing.")
+    max_context_tokens: int = Field(default=8192, ge=16, description="Prompt + output limit.")
+    failure_mode: FailureMode = FailureMode.NONE
+    failure_probability: float = Field(default=1.0, ge=0, le=1)
+    failure_after_tokens: int = Field(default=8, ge=0)
+    slow_factor: float = Field(default=10.0, ge=1, description="Latency multiplier for 'slow'.")
+    random_seed: int = 0
+
+
+def estimate_prompt_tokens(request: EngineRequest) -> int:
+    """Approximate a tokenizer: about four characters a token, plus per-message framing."""
+    return sum(len(m.content) // 4 + 4 for m in request.messages) + 2
+
+
+@dataclass(slots=True)
+class _Counters:
+    running: int = 0
+    waiting: int = 0
+    started: int = 0
+    aborted: int = 0
+
+
+class SimEngine:
+    """Simulated continuous-batching engine (see the module docstring)."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        self._counters = _Counters()
+        self._random = random.Random(self.config.random_seed)
+
+    @property
+    def active(self) -> int:
+        """Requests running or waiting in the engine right now."""
+        return self._counters.running + self._counters.waiting
+
+    @property
+    def aborted(self) -> int:
+        """Requests stopped before they finished (cancelled by the caller)."""
+        return self._counters.aborted
+
+    @property
+    def started(self) -> int:
+        """Requests admitted since start."""
+        return self._counters.started
+
+    def load(self) -> LoadReport:
+        """Report running and waiting sequences against capacity."""
+        c = self._counters
+        return LoadReport(running=c.running, waiting=c.waiting, capacity=self.config.max_concurrency)
+
+    async def start(self) -> None:
+        """Nothing to acquire."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _injects_failure(self) -> bool:
+        cfg = self.config
+        return cfg.failure_mode is not FailureMode.NONE and (
+            cfg.failure_probability >= 1.0 or self._random.random() < cfg.failure_probability
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
+        """Wait for a slot, then stream the deterministic answer on schedule."""
+        cfg = self.config
+        prompt_tokens = estimate_prompt_tokens(request)
+        if prompt_tokens + request.max_tokens > cfg.max_context_tokens:
+            raise EngineRejectedRequest(
+                f"This model's maximum context length is {cfg.max_context_tokens} tokens. "
+                f"However, you requested {prompt_tokens + request.max_tokens} tokens "
+                f"({prompt_tokens} in the messages, {request.max_tokens} in the completion).",
+            )
+        counters = self._counters
+        if counters.waiting >= cfg.max_waiting and self._slots.locked():
+            raise EngineUnavailable("engine queue is full")
+        fault = cfg.failure_mode if self._injects_failure() else FailureMode.NONE
+        if fault is FailureMode.ERROR_AT_START:
+            raise EngineFailed("injected failure at start")
+
+        counters.waiting += 1
+        finished = False
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            counters.waiting -= 1
+            counters.aborted += 1
+            raise
+        counters.waiting -= 1
+        counters.running += 1
+        counters.started += 1
+        try:
+            async for event in self._run(request, prompt_tokens, fault):
+                yield event
+            finished = True
+        finally:
+            counters.running -= 1
+            if not finished:
+                counters.aborted += 1
+            self._slots.release()
+
+    async def _run(
+        self, request: EngineRequest, prompt_tokens: int, fault: FailureMode
+    ) -> AsyncIterator[Delta | Finished]:
+        cfg = self.config
+        slow = cfg.slow_factor if fault is FailureMode.SLOW else 1.0
+        loop = asyncio.get_running_loop()
+        ttft = (cfg.ttft_ms + cfg.prefill_ms_per_1k_tokens * prompt_tokens / 1000) * slow / 1000
+        itl = cfg.itl_ms * slow / 1000
+        due = loop.time() + ttft
+        if ttft > 0:
+            await asyncio.sleep(ttft)
+        if fault is FailureMode.HANG:
+            await asyncio.Event().wait()  # until cancelled, like a wedged engine
+        words = _vocabulary(request)
+        offset = _prompt_hash(request)
+        limit = request.max_tokens
+        natural = cfg.output_tokens
+        stops = tuple(s for s in request.stop if s)
+        tail = ""
+        produced = 0
+        while produced < natural and produced < limit:
+            if fault is FailureMode.ERROR_AFTER_TOKENS and produced >= cfg.failure_after_tokens:
+                raise EngineFailed(f"injected failure after {produced} tokens")
+            word = words[(offset + produced * 7) % len(words)]
+            text = word if produced == 0 else " " + word
+            produced += 1
+            if stops:
+                tail = (tail + text)[-64:]
+                hit = _find_stop(tail, text, stops)
+                if hit is not None:
+                    if hit:
+                        yield Delta(hit, 1)
+                    yield Finished(FinishReason.STOP, prompt_tokens, produced)
+                    return
+            yield Delta(text, 1)
+            if itl > 0 and produced < natural and produced < limit:
+                due += itl
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        reason = FinishReason.STOP if produced >= natural else FinishReason.LENGTH
+        yield Finished(reason, prompt_tokens, produced)
+
+
+def _vocabulary(request: EngineRequest) -> tuple[str, ...]:
+    for message in reversed(request.messages):
+        if message.role == "user":
+            words = tuple(w for w in message.content.split() if w)
+            if words:
+                return words
+    return _FALLBACK_VOCABULARY
+
+
+def _prompt_hash(request: EngineRequest) -> int:
+    digest = 0
+    for message in request.messages:
+        digest = zlib.crc32(message.content.encode(), digest)
+    return digest + (request.seed or 0)
+
+
+def _find_stop(tail: str, text: str, stops: tuple[str, ...]) -> str | None:
+    """If a stop sequence ends in ``tail``, return the part of ``text`` before it."""
+    for stop in stops:
+        at = tail.find(stop)
+        if at >= 0:
+            keep = len(text) - (len(tail) - at)
+            return text[: max(keep, 0)]
+    return None

@@ -1,0 +1,132 @@
+"""gRPC servicer of the backend contract over one Engine: converts and delegates."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from backends.engine import (
+    Delta,
+    Engine,
+    EngineError,
+    EngineFailed,
+    EngineMessage,
+    EngineRejectedRequest,
+    EngineRequest,
+    EngineUnavailable,
+    FinishReason,
+)
+from grpc_common.status import ErrorDetails, FieldViolation, build_status
+from llmgw.backend.v1 import backend_pb2 as pb
+from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
+
+_ROLE_NAMES = {
+    pb.ROLE_SYSTEM: "system",
+    pb.ROLE_USER: "user",
+    pb.ROLE_ASSISTANT: "assistant",
+    pb.ROLE_TOOL: "tool",
+    pb.ROLE_DEVELOPER: "developer",
+}
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+}
+
+
+def to_engine_request(request: pb.GenerateRequest) -> EngineRequest:
+    """Convert the wire request; raise EngineRejectedRequest on a malformed one."""
+    messages = []
+    for i, m in enumerate(request.messages):
+        role = _ROLE_NAMES.get(m.role)
+        if role is None:
+            raise EngineRejectedRequest("role must be set", field=f"messages[{i}].role")
+        messages.append(
+            EngineMessage(role=role, content=m.content, name=m.name if m.HasField("name") else None)
+        )
+    if not messages:
+        raise EngineRejectedRequest("at least one message is required")
+    s = request.sampling
+    if s.max_tokens < 1:
+        raise EngineRejectedRequest("max_tokens must be at least 1", field="sampling.max_tokens")
+    return EngineRequest(
+        request_id=request.request_id,
+        model=request.model,
+        messages=messages,
+        max_tokens=s.max_tokens,
+        temperature=s.temperature if s.HasField("temperature") else None,
+        top_p=s.top_p if s.HasField("top_p") else None,
+        stop=tuple(s.stop),
+        seed=s.seed if s.HasField("seed") else None,
+        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
+        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
+    )
+
+
+def engine_error_status(error: EngineError) -> grpc.Status:
+    """The one mapping from engine errors to gRPC statuses."""
+    if isinstance(error, EngineRejectedRequest):
+        return build_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            str(error),
+            ErrorDetails(
+                reason=error.reason,
+                field_violations=(FieldViolation(error.field, str(error)),),
+            ),
+        )
+    if isinstance(error, EngineUnavailable):
+        return build_status(
+            grpc.StatusCode.UNAVAILABLE,
+            str(error),
+            ErrorDetails(reason=error.reason, retry_after_s=1.0),
+        )
+    code = grpc.StatusCode.INTERNAL if isinstance(error, EngineFailed) else grpc.StatusCode.UNKNOWN
+    return build_status(code, str(error), ErrorDetails(reason=error.reason))
+
+
+class BackendServicer(pb_grpc.BackendServiceServicer):
+    """Serves Generate and GetLoad for one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Stream the engine's output; cancellation of this call aborts the engine."""
+        try:
+            engine_request = to_engine_request(request)
+            stream = self._engine.generate(engine_request)
+            # Build messages directly: this loop runs once per token.
+            Response = pb.GenerateResponse
+            TokenDelta = pb.TokenDelta
+            try:
+                async for event in stream:
+                    if type(event) is Delta:
+                        yield Response(delta=TokenDelta(text=event.text, token_count=event.token_count))
+                    else:
+                        yield Response(
+                            finished=pb.GenerateFinished(
+                                finish_reason=_FINISH[event.reason],  # type: ignore[union-attr]
+                                prompt_tokens=event.prompt_tokens,  # type: ignore[union-attr]
+                                completion_tokens=event.completion_tokens,  # type: ignore[union-attr]
+                            )
+                        )
+            finally:
+                # Closing the generator runs the engine's cleanup now, not at GC time.
+                await stream.aclose()  # type: ignore[attr-defined]
+        except EngineError as error:
+            await context.abort_with_status(engine_error_status(error))
+
+    async def GetLoad(  # noqa: N802 - gRPC method name
+        self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLoadResponse:
+        """Report the engine's current load."""
+        report = self._engine.load()
+        response = pb.GetLoadResponse(
+            running=report.running, waiting=report.waiting, capacity=report.capacity
+        )
+        if report.kv_cache_usage is not None:
+            response.kv_cache_usage = report.kv_cache_usage
+        return response

@@ -1,0 +1,1 @@
+"""The gateway: tenancy, limits, routing and resilience in front of the sidecars."""

@@ -1,0 +1,82 @@
+"""Run the gateway: ``python -m gateway --config config/gateway.yaml``.
+
+With ``--workers N`` it runs N processes on one port (SO_REUSEPORT): the
+kernel spreads connections over them, which scales past one core without
+threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import signal
+import sys
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.server import start_gateway
+from gateway.settings import GatewaySettings
+from grpc_common.runtime import install_event_loop_policy
+
+log = logging.getLogger("llmgw.gateway")
+
+
+def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
+    """Flags override LLMGW_GATEWAY_* variables, which override defaults."""
+    parser = argparse.ArgumentParser(prog="llmgw-gateway", description=__doc__)
+    parser.add_argument("--listen")
+    parser.add_argument("--config")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--log-level")
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return GatewaySettings(**given)
+
+
+async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then drain for up to five seconds."""
+    gateway = await start_gateway(config, settings.listen)
+    log.info("gateway serving %d models on port %d", len(config.models), gateway.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.stop(grace=5.0)
+
+
+def _run_worker(settings: GatewaySettings, config: GatewayConfig) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    install_event_loop_policy()
+    asyncio.run(serve(settings, config))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``llmgw-gateway`` console script."""
+    settings = parse_settings(argv)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = load_config(settings.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+    if settings.workers > 1 and settings.listen.endswith(":0"):
+        raise SystemExit("--workers > 1 needs a fixed port: processes must share it")
+    # spawn, not fork: gRPC's core threads do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_run_worker, args=(settings, config), daemon=True)
+        for _ in range(settings.workers - 1)
+    ]
+    for child in children:
+        child.start()
+    try:
+        _run_worker(settings, config)
+    finally:
+        for child in children:
+            child.terminate()
+            child.join(5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The gateway's routing file (YAML): models, their aliases and endpoints.
+
+Validated with pydantic; a bad file fails with every problem named by its
+path in the file, before the gateway binds its port.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class ModelConfig(BaseModel):
+    """One model the gateway serves and the sidecars that serve it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    aliases: list[str] = Field(default_factory=list)
+    endpoints: Annotated[list[str], Field(min_length=1)]
+    engine_model: str | None = Field(
+        default=None, description="Name the engine knows the model by; defaults to name."
+    )
+    owned_by: str = "llmgw"
+    default_max_tokens: int = Field(default=256, ge=1)
+    max_output_tokens: int = Field(default=4096, ge=1)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _addresses(cls, endpoints: list[str]) -> list[str]:
+        for address in endpoints:
+            if not _ADDRESS.match(address):
+                raise ValueError(f"endpoint {address!r} is not host:port")
+        return endpoints
+
+    @model_validator(mode="after")
+    def _defaults_fit(self) -> ModelConfig:
+        if self.default_max_tokens > self.max_output_tokens:
+            raise ValueError("default_max_tokens cannot exceed max_output_tokens")
+        return self
+
+
+class GatewayConfig(BaseModel):
+    """The whole routing file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for model in self.models:
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} is used twice")
+                seen.add(name)
+        return self
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a YAML routing file; raise ConfigError with a readable message."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read gateway config {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"gateway config {path} is not valid YAML: {error}") from error
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as error:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in error.errors()
+        ]
+        raise ConfigError(f"gateway config {path} is invalid:\n" + "\n".join(lines)) from error

@@ -1,0 +1,1 @@
+"""The gateway's domain core: no gRPC, HTTP or Redis imports here."""

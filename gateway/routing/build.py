@@ -1,0 +1,23 @@
+"""Builds the model registry from the validated configuration."""
+
+from __future__ import annotations
+
+from gateway.config import GatewayConfig
+from gateway.domain.validation import OutputLimits
+from gateway.routing.pool import EndpointPool
+from gateway.routing.registry import ModelRegistry, ModelRoute
+
+
+def build_registry(config: GatewayConfig) -> ModelRegistry:
+    """One route per configured model."""
+    return ModelRegistry(
+        ModelRoute(
+            name=m.name,
+            aliases=tuple(m.aliases),
+            engine_model=m.engine_model or m.name,
+            owned_by=m.owned_by,
+            limits=OutputLimits(m.default_max_tokens, m.max_output_tokens),
+            pool=EndpointPool(m.endpoints),
+        )
+        for m in config.models
+    )

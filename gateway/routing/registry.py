@@ -1,0 +1,45 @@
+"""Resolves a requested model name or alias to its route."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway.domain.errors import ModelNotFound
+from gateway.domain.validation import OutputLimits
+from gateway.routing.pool import EndpointPool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """Where and how one model is served."""
+
+    name: str
+    aliases: Sequence[str]
+    engine_model: str
+    owned_by: str
+    limits: OutputLimits
+    pool: EndpointPool
+
+
+class ModelRegistry:
+    """Every model the gateway serves, by name and by alias."""
+
+    def __init__(self, routes: Iterable[ModelRoute]) -> None:
+        self._routes = list(routes)
+        self._by_name: dict[str, ModelRoute] = {}
+        for route in self._routes:
+            for name in (route.name, *route.aliases):
+                self._by_name[name] = route
+
+    def resolve(self, name: str) -> ModelRoute:
+        """The route for ``name``; ModelNotFound if there is none."""
+        route = self._by_name.get(name)
+        if route is None:
+            raise ModelNotFound(name)
+        return route
+
+    @property
+    def routes(self) -> Sequence[ModelRoute]:
+        """All routes, in configuration order."""
+        return self._routes

@@ -1,0 +1,19 @@
+"""Process settings of the gateway, from flags and LLMGW_GATEWAY_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Where to listen, which routing file to load and how many processes to run."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMGW_GATEWAY_", extra="forbid")
+
+    listen: str = "127.0.0.1:50051"
+    config: Path = Path("config/gateway.yaml")
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "INFO"

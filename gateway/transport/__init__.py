@@ -1,0 +1,1 @@
+"""gRPC transport of the gateway: servicers, conversions, the backend client."""

@@ -1,0 +1,128 @@
+"""gRPC client of the sidecars: one channel per endpoint, domain <-> backend proto."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from gateway.domain.chat import Finished, FinishReason, Generation, Role, StreamEvent, Usage
+from gateway.domain.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    InvalidRequest,
+    Violation,
+)
+from grpc_common.server import CHANNEL_OPTIONS
+from grpc_common.status import parse_status
+from llmgw.backend.v1 import backend_pb2 as pb
+from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
+
+_ROLES = {
+    Role.SYSTEM: pb.ROLE_SYSTEM,
+    Role.USER: pb.ROLE_USER,
+    Role.ASSISTANT: pb.ROLE_ASSISTANT,
+    Role.TOOL: pb.ROLE_TOOL,
+    Role.DEVELOPER: pb.ROLE_DEVELOPER,
+}
+_FINISH = {
+    pb.FINISH_REASON_STOP: FinishReason.STOP,
+    pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
+    pb.FINISH_REASON_CONTENT_FILTER: FinishReason.CONTENT_FILTER,
+}
+
+
+def to_backend_request(generation: Generation) -> pb.GenerateRequest:
+    """Convert a generation to the sidecar contract."""
+    sampling = pb.SamplingParams(max_tokens=generation.max_tokens, stop=list(generation.stop))
+    if generation.temperature is not None:
+        sampling.temperature = generation.temperature
+    if generation.top_p is not None:
+        sampling.top_p = generation.top_p
+    if generation.seed is not None:
+        sampling.seed = generation.seed
+    if generation.presence_penalty is not None:
+        sampling.presence_penalty = generation.presence_penalty
+    if generation.frequency_penalty is not None:
+        sampling.frequency_penalty = generation.frequency_penalty
+    messages = []
+    for m in generation.messages:
+        assert m.role is not None, "validated requests always carry a role"
+        message = pb.Message(role=_ROLES[m.role], content=m.content)
+        if m.name is not None:
+            message.name = m.name
+        messages.append(message)
+    return pb.GenerateRequest(
+        request_id=generation.request_id,
+        model=generation.model,
+        messages=messages,
+        sampling=sampling,
+    )
+
+
+def backend_error(error: grpc.aio.AioRpcError, address: str) -> GatewayError:
+    """Translate a sidecar's status into the gateway's errors.
+
+    Invalid-argument statuses (a prompt longer than the context, say) are the
+    client's fault and keep their message; everything else is reported
+    without the sidecar's internals.
+    """
+    parsed = parse_status(error)
+    code = parsed.code
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        violations = [Violation(v.field, v.description) for v in parsed.field_violations] or [
+            Violation("messages", parsed.message)
+        ]
+        return InvalidRequest(violations, reason=parsed.reason or "invalid_request")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return BackendUnavailable(
+            f"backend {address} is unavailable", retry_after_s=parsed.retry_after_s or 1.0
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return BackendTimeout(f"backend {address} timed out")
+    return BackendFailed(f"backend {address} failed while generating")
+
+
+class GrpcBackendClient:
+    """Streams generations from sidecars. Channels are created on first use
+    and shared by all requests to one endpoint (HTTP/2 multiplexing)."""
+
+    def __init__(self) -> None:
+        self._stubs: dict[str, pb_grpc.BackendServiceStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+
+    def _stub(self, address: str) -> pb_grpc.BackendServiceStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels.append(channel)
+            stub = self._stubs[address] = pb_grpc.BackendServiceStub(channel)
+        return stub
+
+    async def generate(self, address: str, generation: Generation) -> AsyncIterator[StreamEvent]:
+        """Stream text then one Finished; closing this iterator cancels the sidecar call."""
+        call = self._stub(address).Generate(to_backend_request(generation))
+        try:
+            async for message in call:
+                # Per-token path: one field test, no allocation beyond the str.
+                if message.HasField("delta"):
+                    yield message.delta.text
+                else:
+                    done = message.finished
+                    yield Finished(
+                        _FINISH.get(done.finish_reason, FinishReason.STOP),
+                        Usage(done.prompt_tokens, done.completion_tokens),
+                    )
+        except grpc.aio.AioRpcError as error:
+            raise backend_error(error, address) from None
+        finally:
+            # Reached on normal end, on error, and when our caller is cancelled
+            # or closes us: in every case the sidecar must stop generating.
+            call.cancel()
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels:
+            await channel.close()

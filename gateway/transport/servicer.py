@@ -1,0 +1,107 @@
+"""gRPC servicers of the public API: convert, delegate to the domain, map errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import grpc
+
+from gateway.domain.chat import Finished
+from gateway.domain.errors import GatewayError
+from gateway.domain.service import ChatCompletionService
+from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
+from gateway.transport.status import to_status
+from grpc_common.status import ErrorDetails, build_status
+from llmgw.v1 import chat_pb2 as pb
+from llmgw.v1 import chat_pb2_grpc as pb_grpc
+
+log = logging.getLogger("llmgw.gateway")
+
+_INTERNAL = build_status(
+    grpc.StatusCode.INTERNAL, "internal gateway error", ErrorDetails(reason="internal_error")
+)
+
+
+class ChatServicer(pb_grpc.ChatServiceServicer):
+    """Serves chat completions, streamed and whole."""
+
+    def __init__(self, service: ChatCompletionService) -> None:
+        self._service = service
+
+    async def CreateChatCompletion(  # noqa: N802 - gRPC method name
+        self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateChatCompletionResponse:
+        """Generate the whole completion, then answer once."""
+        try:
+            completion = self._service.admit(to_chat_request(request.params))
+            result = await self._service.complete(completion)
+        except GatewayError as error:
+            await context.abort_with_status(to_status(error))
+        except Exception:
+            log.exception("unexpected error in CreateChatCompletion")
+            await context.abort_with_status(_INTERNAL)
+        return pb.CreateChatCompletionResponse(
+            id=completion.id,
+            model=completion.model,
+            created=completion.created,
+            message=pb.ChatMessage(role=pb.ROLE_ASSISTANT, content=result.text),
+            finish_reason=FINISH_REASONS[result.finished.reason],
+            usage=to_usage(result.finished.usage),
+        )
+
+    async def StreamChatCompletion(  # noqa: N802 - gRPC method name
+        self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
+        """Stream the completion. StreamStart goes out with the first backend
+        event, so a failure before the first token is a plain error status
+        and the client never sees a started stream that then fails early."""
+        Response = pb.StreamChatCompletionResponse
+        ContentDelta = pb.ContentDelta
+        try:
+            completion = self._service.admit(to_chat_request(request.params))
+            started = False
+            async with aclosing(self._service.stream(completion)) as events:
+                async for event in events:
+                    if not started:
+                        started = True
+                        yield Response(
+                            start=pb.StreamStart(
+                                id=completion.id, model=completion.model, created=completion.created
+                            )
+                        )
+                    if type(event) is str:
+                        yield Response(delta=ContentDelta(content=event))
+                    else:
+                        assert isinstance(event, Finished)
+                        end = pb.StreamEnd(finish_reason=FINISH_REASONS[event.reason])
+                        if request.include_usage:
+                            end.usage.CopyFrom(to_usage(event.usage))
+                        yield Response(end=end)
+        except GatewayError as error:
+            await context.abort_with_status(to_status(error))
+        except Exception:
+            log.exception("unexpected error in StreamChatCompletion")
+            await context.abort_with_status(_INTERNAL)
+
+
+class ModelServicer(pb_grpc.ModelServiceServicer):
+    """Lists the served models."""
+
+    def __init__(self, service: ChatCompletionService, created: int) -> None:
+        self._service = service
+        self._created = created
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        """Every configured model with its aliases."""
+        return pb.ListModelsResponse(
+            models=[
+                pb.Model(
+                    id=r.name, created=self._created, owned_by=r.owned_by, aliases=list(r.aliases)
+                )
+                for r in self._service.registry.routes
+            ]
+        )

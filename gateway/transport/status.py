@@ -1,0 +1,39 @@
+"""The one mapping from domain errors to gRPC statuses with google.rpc details."""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway.domain.errors import ErrorKind, GatewayError
+from grpc_common.status import ErrorDetails, FieldViolation, build_status
+
+_CODES = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+def grpc_code(kind: ErrorKind) -> grpc.StatusCode:
+    """The gRPC code of an error kind."""
+    return _CODES[kind]
+
+
+def to_status(error: GatewayError) -> grpc.Status:
+    """A gRPC status carrying ErrorInfo, BadRequest and RetryInfo as they apply."""
+    return build_status(
+        _CODES[error.kind],
+        error.message,
+        ErrorDetails(
+            reason=error.reason,
+            field_violations=tuple(
+                FieldViolation(v.field, v.description) for v in error.violations
+            ),
+            retry_after_s=error.retry_after_s,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Helpers shared by every gRPC server of the project (gateway and sidecars)."""
