@@ -1,0 +1,95 @@
+"""Run the whole gateway locally on the sim engine: ``python -m devstack``.
+
+Two sidecars (a small and a large model), the gateway on 127.0.0.1:50051
+and the OpenAI REST shim on 127.0.0.1:8080. No Docker, no Redis. Ctrl-C
+stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from types import FrameType
+
+from devstack.stack import SimModel, Stack, StackPlan
+
+# Latencies of the demo: a fast small model and a slower large one.
+SMALL = {"ttft_ms": 40, "itl_ms": 8, "output_tokens": 48, "max_concurrency": 64}
+LARGE = {"ttft_ms": 150, "itl_ms": 25, "output_tokens": 96, "max_concurrency": 16}
+
+
+def default_plan(rest_port: int = 8080, grpc_port: int = 50051) -> StackPlan:
+    """The embedded default: sim-small-1b and sim-large-70b."""
+    return StackPlan(
+        models=[
+            SimModel("sim-small-1b", "small", 50061, SMALL),
+            SimModel("sim-large-70b", "large", 50062, LARGE, 512, 8192),
+        ],
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+    )
+
+
+def usage_text(plan: StackPlan) -> str:
+    """How to call the running stack."""
+    rest = f"http://{plan.host}:{plan.rest_port}"
+    grpc_addr = f"{plan.host}:{plan.grpc_port}"
+    model = plan.models[0].name
+    return f"""
+llmgw is running: REST {rest}  gRPC {grpc_addr}  models: {", ".join(m.name for m in plan.models)}
+
+curl:
+  curl {rest}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+  curl -N {rest}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+
+OpenAI SDK (Python):
+  from openai import OpenAI
+  client = OpenAI(base_url="{rest}/v1", api_key="unused")
+  print(client.chat.completions.create(model="{model}",
+        messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)
+
+grpcurl (server reflection is on):
+  grpcurl -plaintext {grpc_addr} list
+  grpcurl -plaintext -d '{{"params": {{"model": "{model}", "messages": [{{"role": "ROLE_USER", "content": "Say hello"}}]}}}}' \\
+    {grpc_addr} llmgw.v1.ChatService/StreamChatCompletion
+
+Logs: {{log_dir}}   Ctrl-C stops everything.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``llmgw-run`` and ``make run``."""
+    parser = argparse.ArgumentParser(prog="llmgw-run", description=__doc__)
+    parser.add_argument("--rest-port", type=int, default=8080)
+    parser.add_argument("--grpc-port", type=int, default=50051)
+    parser.add_argument("--gateway-workers", type=int, default=1)
+    parser.add_argument("--shim-workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    plan = default_plan(args.rest_port, args.grpc_port)
+    plan.gateway_workers = args.gateway_workers
+    plan.shim_workers = args.shim_workers
+    stack = Stack(plan)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    print("starting llmgw (sim engine)...", flush=True)
+    try:
+        stack.start()
+        stack.wait_ready(progress=True)
+        print(usage_text(plan).replace("{log_dir}", str(stack.log_dir)), flush=True)
+        while True:
+            time.sleep(1)
+            stack._check_alive()
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""OpenAI-compatible REST shim: translates HTTP+SSE to the gateway's gRPC API and back."""

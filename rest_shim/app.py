@@ -1,0 +1,171 @@
+"""The FastAPI app: OpenAI routes over the gateway's gRPC API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from grpc_common.server import CHANNEL_OPTIONS
+from llmgw.v1 import chat_pb2 as pb
+from llmgw.v1 import chat_pb2_grpc as pb_grpc
+from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
+from rest_shim.errors import ApiError, from_grpc_error
+from rest_shim.openai_request import parse_body, to_params
+from rest_shim.settings import ShimSettings
+
+# Headers forwarded to the gateway as gRPC metadata (credentials live there, not here).
+_FORWARDED_HEADERS = ("authorization",)
+
+
+class GatewayClient:
+    """The shim's gRPC stubs on one shared channel to the gateway."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.chat = pb_grpc.ChatServiceStub(self.channel)
+        self.models = pb_grpc.ModelServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of body; 413 beyond, before reading it all."""
+    declared = request.headers.get("content-length")
+    too_large = ApiError(
+        413,
+        f"Request body too large: the limit is {limit} bytes.",
+        "invalid_request_error",
+        code="request_too_large",
+    )
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
+    return tuple((h, v) for h in _FORWARDED_HEADERS if (v := request.headers.get(h)) is not None)
+
+
+def create_app(settings: ShimSettings | None = None) -> FastAPI:
+    """Build the shim for one gateway address."""
+    settings = settings or ShimSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.gateway = GatewayClient(settings.gateway)
+        yield
+        await app.state.gateway.channel.close()
+
+    app = FastAPI(
+        title="llmgw OpenAI-compatible API",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> Response:
+        return ErrorResponse(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}."
+            return ErrorResponse(ApiError(404, message, "invalid_request_error", code="unknown_url"))
+        return ErrorResponse(
+            ApiError(error.status_code, str(error.detail), "invalid_request_error")
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> Response:
+        # Never a traceback to the client; the server log has it.
+        return ErrorResponse(
+            ApiError(500, "The server had an error while processing your request.", "server_error")
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = parse_body(await read_body(request, settings.max_body_bytes))
+        params = to_params(body)
+        gateway: GatewayClient = request.app.state.gateway
+        metadata = _metadata(request)
+        timeout = settings.request_timeout_s
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream_request = pb.StreamChatCompletionRequest(
+                params=params, include_usage=include_usage
+            )
+            return CompletionStreamResponse(
+                lambda: gateway.chat.StreamChatCompletion(
+                    stream_request, metadata=metadata, timeout=timeout
+                ),
+                include_usage,
+            )
+        if body.stream_options is not None:
+            raise ApiError(
+                400,
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "invalid_request_error",
+                param="stream_options",
+            )
+        unary_request = pb.CreateChatCompletionRequest(params=params)
+        return CompletionResponse(
+            lambda: gateway.chat.CreateChatCompletion(
+                unary_request, metadata=metadata, timeout=timeout
+            )
+        )
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        gateway: GatewayClient = request.app.state.gateway
+        try:
+            listed = await gateway.models.ListModels(
+                pb.ListModelsRequest(), metadata=_metadata(request), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            return ErrorResponse(from_grpc_error(error))
+        return ORJSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+                    for m in listed.models
+                ],
+            }
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return ORJSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        gateway: GatewayClient = request.app.state.gateway
+        try:
+            answer = await gateway.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return ORJSONResponse({"status": "gateway unreachable"}, status_code=503)
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            return ORJSONResponse({"status": "gateway not serving"}, status_code=503)
+        return ORJSONResponse({"status": "ready"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: settings come from LLMGW_SHIM_* variables."""
+    return create_app(ShimSettings())

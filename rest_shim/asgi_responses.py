@@ -1,0 +1,217 @@
+"""ASGI responses that run a gateway call and cancel it when the client leaves.
+
+Starlette's StreamingResponse notices a disconnect only when a write fails,
+which for a backend still thinking about its first token may be never. These
+responses listen for ``http.disconnect`` themselves and cancel the gRPC call
+at once, which cancels the gateway's backend call, which aborts the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from llmgw.v1 import chat_pb2 as pb
+
+from rest_shim.errors import ApiError, from_grpc_error
+from rest_shim.sse import DONE, FINISH_REASONS, ChunkEncoder, error_event
+
+log = logging.getLogger("llmgw.shim")
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _watch(receive: Receive, call: grpc.aio.Call) -> asyncio.Task[None]:
+    """Cancel ``call`` as soon as the client disconnects."""
+    task = asyncio.create_task(_wait_for_disconnect(receive))
+    task.add_done_callback(lambda t: None if t.cancelled() else call.cancel())
+    return task
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    """Answer an OpenAI error JSON with its status and headers."""
+    headers = [*_JSON_HEADERS, *((k.encode(), v.encode()) for k, v in error.headers().items())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": error.body()})
+
+
+class ErrorResponse(Response):
+    """An OpenAI-shaped error as a starlette Response."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(
+            content=error.body(),
+            status_code=error.status,
+            headers=error.headers(),
+            media_type="application/json",
+        )
+
+
+def _id_header(completion_id: str) -> tuple[bytes, bytes]:
+    return (b"x-request-id", completion_id.encode())
+
+
+class CompletionResponse(Response):
+    """Runs a unary CreateChatCompletion and answers OpenAI's chat.completion JSON."""
+
+    def __init__(self, start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]]) -> None:
+        super().__init__()
+        self._start_call = start_call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer once the completion is whole; cancel it if the client leaves."""
+        call = self._start_call()
+        watcher = _watch(receive, call)
+        try:
+            response: pb.CreateChatCompletionResponse = await call
+        except grpc.aio.AioRpcError as error:
+            await send_error(send, from_grpc_error(error))
+            return
+        except asyncio.CancelledError:
+            if watcher.done():
+                return  # the client left; nobody to answer
+            raise
+        finally:
+            watcher.cancel()
+        usage = response.usage
+        body = orjson.dumps(
+            {
+                "id": response.id,
+                "object": "chat.completion",
+                "created": response.created,
+                "model": response.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": response.message.content,
+                            "refusal": None,
+                            "annotations": [],
+                        },
+                        "logprobs": None,
+                        "finish_reason": FINISH_REASONS.get(response.finish_reason, "stop"),
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+                "system_fingerprint": None,
+            }
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_JSON_HEADERS, _id_header(response.id)],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class CompletionStreamResponse(Response):
+    """Runs a StreamChatCompletion and relays it as OpenAI SSE.
+
+    The HTTP status is decided by the gateway's first event: an error before
+    it is a plain HTTP error; after it, an SSE error event and no ``[DONE]``,
+    so a failed stream never looks finished.
+    """
+
+    def __init__(
+        self,
+        start_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
+        include_usage: bool,
+    ) -> None:
+        super().__init__()
+        self._start_call = start_call
+        self._include_usage = include_usage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Relay the stream; cancel the gateway call as soon as the client leaves."""
+        call = self._start_call()
+        watcher = _watch(receive, call)
+        started = False
+        try:
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("start"):
+                raise RuntimeError("the gateway stream did not begin with StreamStart")
+            start = first.start
+            encoder = ChunkEncoder(start.id, start.created, start.model, self._include_usage)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*_SSE_HEADERS, _id_header(start.id)],
+                }
+            )
+            started = True
+            await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
+            content = encoder.content
+            ended = False
+            read = call.read
+            while (message := await read()) is not grpc.aio.EOF:
+                # Per-token path: one field test, one encode, one send.
+                if message.HasField("delta"):
+                    chunk = content(message.delta.content)
+                else:
+                    end = message.end
+                    chunk = encoder.finish(end.finish_reason)
+                    if end.HasField("usage"):
+                        chunk += encoder.usage(end.usage.prompt_tokens, end.usage.completion_tokens)
+                    chunk += DONE
+                    ended = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not ended:
+                raise RuntimeError("the gateway stream ended without StreamEnd")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except grpc.aio.AioRpcError as error:
+            await self._fail(send, from_grpc_error(error), started)
+        except asyncio.CancelledError:
+            if watcher.done():
+                return  # the client left; the gateway call is already cancelled
+            raise
+        except Exception:
+            # Whatever went wrong, the client must see an error, never a
+            # stream that just stops; the traceback goes to our log only.
+            log.exception("stream relay failed")
+            await self._fail(
+                send,
+                ApiError(500, "The server had an error while relaying the stream.", "server_error"),
+                started,
+            )
+        finally:
+            watcher.cancel()
+            call.cancel()
+
+    @staticmethod
+    async def _fail(send: Send, error: ApiError, started: bool) -> None:
+        try:
+            if not started:
+                await send_error(send, error)
+                return
+            await send(
+                {"type": "http.response.body", "body": error_event(error.body()), "more_body": False}
+            )
+        except OSError:
+            pass  # the client is gone too; nothing left to tell

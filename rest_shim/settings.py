@@ -1,0 +1,20 @@
+"""Settings of the REST shim, from flags and LLMGW_SHIM_* variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ShimSettings(BaseSettings):
+    """Where the shim listens, which gateway it calls, and its request limits."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMGW_SHIM_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    gateway: str = Field(default="127.0.0.1:50051", description="gRPC address of the gateway.")
+    workers: int = Field(default=1, ge=1, le=64)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    log_level: str = "info"
