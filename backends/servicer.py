@@ -91,7 +91,7 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    async def Generate(  # noqa: N802 - gRPC method name
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Stream the engine's output; cancellation of this call aborts the engine."""
@@ -104,7 +104,9 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
             try:
                 async for event in stream:
                     if type(event) is Delta:
-                        yield Response(delta=TokenDelta(text=event.text, token_count=event.token_count))
+                        yield Response(
+                            delta=TokenDelta(text=event.text, token_count=event.token_count)
+                        )
                     else:
                         yield Response(
                             finished=pb.GenerateFinished(
@@ -119,7 +121,7 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
         except EngineError as error:
             await context.abort_with_status(engine_error_status(error))
 
-    async def GetLoad(  # noqa: N802 - gRPC method name
+    async def GetLoad(
         self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoadResponse:
         """Report the engine's current load."""

@@ -19,12 +19,14 @@ SMALL = {"ttft_ms": 40, "itl_ms": 8, "output_tokens": 48, "max_concurrency": 64}
 LARGE = {"ttft_ms": 150, "itl_ms": 25, "output_tokens": 96, "max_concurrency": 16}
 
 
-def default_plan(rest_port: int = 8080, grpc_port: int = 50051) -> StackPlan:
+def default_plan(
+    rest_port: int = 8080, grpc_port: int = 50051, sidecar_ports: tuple[int, int] = (50061, 50062)
+) -> StackPlan:
     """The embedded default: sim-small-1b and sim-large-70b."""
     return StackPlan(
         models=[
-            SimModel("sim-small-1b", "small", 50061, SMALL),
-            SimModel("sim-large-70b", "large", 50062, LARGE, 512, 8192),
+            SimModel("sim-small-1b", "small", sidecar_ports[0], SMALL),
+            SimModel("sim-large-70b", "large", sidecar_ports[1], LARGE, 512, 8192),
         ],
         grpc_port=grpc_port,
         rest_port=rest_port,
@@ -65,10 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="llmgw-run", description=__doc__)
     parser.add_argument("--rest-port", type=int, default=8080)
     parser.add_argument("--grpc-port", type=int, default=50051)
+    parser.add_argument(
+        "--sidecar-ports", default="50061,50062", help="ports of the small and large sidecars"
+    )
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--shim-workers", type=int, default=1)
     args = parser.parse_args(argv)
-    plan = default_plan(args.rest_port, args.grpc_port)
+    small, large = (int(p) for p in args.sidecar_ports.split(","))
+    plan = default_plan(args.rest_port, args.grpc_port, (small, large))
     plan.gateway_workers = args.gateway_workers
     plan.shim_workers = args.shim_workers
     stack = Stack(plan)

@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ class SimModel:
     name: str
     alias: str
     port: int
-    sim: dict[str, float | int]
+    sim: Mapping[str, float]
     default_max_tokens: int = 256
     max_output_tokens: int = 4096
 
@@ -88,7 +88,7 @@ class Stack:
             self._spawn(
                 f"sidecar-{m.name}",
                 ["-m", "backends", "--engine", "sim", "--model", m.name,
-                 "--listen", f"{plan.host}:{m.port}", "--sim-config", json.dumps(m.sim)],
+                 "--listen", f"{plan.host}:{m.port}", "--sim-config", json.dumps(dict(m.sim))],
             )  # fmt: skip
         config = self._dir / "gateway.yaml"
         config.write_text(yaml.safe_dump(plan.gateway_config()))

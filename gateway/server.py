@@ -39,7 +39,9 @@ async def start_gateway(config: GatewayConfig, address: str = "127.0.0.1:0") -> 
     service = ChatCompletionService(build_registry(config), backends)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(service), server)
-    chat_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, int(time.time())), server)
+    chat_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(service, int(time.time())), server
+    )
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port = server.add_insecure_port(address)
     if port == 0:

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -55,6 +55,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def json_response(data: object, status_code: int = 200) -> Response:
+    """JSON via orjson (FastAPI's own encoder is not needed for these fixed shapes)."""
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
 def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
     return tuple((h, v) for h in _FORWARDED_HEADERS if (v := request.headers.get(h)) is not None)
 
@@ -72,7 +77,6 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="llmgw OpenAI-compatible API",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
         docs_url=None,
         redoc_url=None,
     )
@@ -85,7 +89,9 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
     async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
         if error.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
-            return ErrorResponse(ApiError(404, message, "invalid_request_error", code="unknown_url"))
+            return ErrorResponse(
+                ApiError(404, message, "invalid_request_error", code="unknown_url")
+            )
         return ErrorResponse(
             ApiError(error.status_code, str(error.detail), "invalid_request_error")
         )
@@ -138,7 +144,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
             )
         except grpc.aio.AioRpcError as error:
             return ErrorResponse(from_grpc_error(error))
-        return ORJSONResponse(
+        return json_response(
             {
                 "object": "list",
                 "data": [
@@ -150,7 +156,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return ORJSONResponse({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
@@ -158,10 +164,10 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
         try:
             answer = await gateway.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.aio.AioRpcError:
-            return ORJSONResponse({"status": "gateway unreachable"}, status_code=503)
+            return json_response({"status": "gateway unreachable"}, status_code=503)
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
-            return ORJSONResponse({"status": "gateway not serving"}, status_code=503)
-        return ORJSONResponse({"status": "ready"})
+            return json_response({"status": "gateway not serving"}, status_code=503)
+        return json_response({"status": "ready"})
 
     return app
 

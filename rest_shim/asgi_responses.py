@@ -19,7 +19,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmgw.v1 import chat_pb2 as pb
-
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.sse import DONE, FINISH_REASONS, ChunkEncoder, error_event
 
@@ -211,7 +210,11 @@ class CompletionStreamResponse(Response):
                 await send_error(send, error)
                 return
             await send(
-                {"type": "http.response.body", "body": error_event(error.body()), "more_body": False}
+                {
+                    "type": "http.response.body",
+                    "body": error_event(error.body()),
+                    "more_body": False,
+                }
             )
         except OSError:
             pass  # the client is gone too; nothing left to tell

@@ -8,6 +8,7 @@ the shim cannot even translate.
 from __future__ import annotations
 
 import math
+
 import grpc
 import orjson
 

@@ -27,7 +27,16 @@ _ROLES = {
 }
 
 # OpenAI parameters accepted and ignored: they change nothing about the answer.
-_IGNORED = frozenset({"store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"})
+_IGNORED = frozenset(
+    {
+        "store",
+        "metadata",
+        "service_tier",
+        "parallel_tool_calls",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
 # OpenAI parameters this gateway cannot honour: refused unless null, never silently dropped.
 _UNSUPPORTED = frozenset(
     {
@@ -116,7 +125,9 @@ def parse_body(raw: bytes) -> ChatCompletionBody:
             raise invalid_request(f"Unrecognized request argument supplied: {key}", param=key)
         if key in _UNSUPPORTED and value not in (None, False, [], {}):
             raise invalid_request(
-                f"'{key}' is not supported by this gateway.", param=key, code="unsupported_parameter"
+                f"'{key}' is not supported by this gateway.",
+                param=key,
+                code="unsupported_parameter",
             )
     try:
         body = ChatCompletionBody.model_validate(data)
@@ -146,7 +157,9 @@ def _type_error(error: ValidationError) -> ApiError:
     param = _param_path(first["loc"])
     if first["type"] == "missing":
         return invalid_request(
-            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
         )
     return invalid_request(
         f"Invalid type for '{param}': {first['msg'].lower()}.", param=param, code="invalid_type"
@@ -176,7 +189,9 @@ def to_params(body: ChatCompletionBody) -> pb.ChatCompletionParams:
         content = message.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        item = params.messages.add(role=_ROLES.get(message.role, pb.ROLE_UNSPECIFIED), content=content or "")
+        item = params.messages.add(
+            role=_ROLES.get(message.role, pb.ROLE_UNSPECIFIED), content=content or ""
+        )
         if message.name is not None:
             item.name = message.name
     if body.max_tokens is not None:

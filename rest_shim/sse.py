@@ -53,7 +53,13 @@ class ChunkEncoder:
     def finish(self, reason_code: int) -> bytes:
         """The chunk carrying the finish reason (empty delta)."""
         reason = FINISH_REASONS.get(reason_code, "stop")
-        return self._head + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]' + self._tail
+        return (
+            self._head
+            + b'{},"logprobs":null,"finish_reason":"'
+            + reason.encode()
+            + b'"}]'
+            + self._tail
+        )
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The final usage chunk (empty choices), sent when include_usage was asked."""

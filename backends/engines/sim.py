@@ -106,7 +106,9 @@ class SimEngine:
     def load(self) -> LoadReport:
         """Report running and waiting sequences against capacity."""
         c = self._counters
-        return LoadReport(running=c.running, waiting=c.waiting, capacity=self.config.max_concurrency)
+        return LoadReport(
+            running=c.running, waiting=c.waiting, capacity=self.config.max_concurrency
+        )
 
     async def start(self) -> None:
         """Nothing to acquire."""

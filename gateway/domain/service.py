@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -76,7 +76,7 @@ class ChatCompletionService:
             generation=bind(request, completion_id, route.engine_model, max_tokens),
         )
 
-    async def stream(self, completion: Completion) -> AsyncIterator[StreamEvent]:
+    async def stream(self, completion: Completion) -> AsyncGenerator[StreamEvent, None]:
         """Yield text deltas, then exactly one Finished. A backend stream that
         ends without Finished raises BackendFailed: never a silent truncation."""
         endpoint = completion.route.pool.pick()

@@ -98,4 +98,6 @@ def _check_range(
     if value is None:
         return
     if math.isnan(value) or not low <= value <= high:
-        problems.append(Violation(name, f"{name} must be between {low:g} and {high:g}, got {value}"))
+        problems.append(
+            Violation(name, f"{name} must be between {low:g} and {high:g}, got {value}")
+        )

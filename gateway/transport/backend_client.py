@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator
 
 import grpc
 
@@ -19,6 +20,8 @@ from grpc_common.server import CHANNEL_OPTIONS
 from grpc_common.status import parse_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
+
+log = logging.getLogger("llmgw.gateway.backend")
 
 _ROLES = {
     Role.SYSTEM: pb.ROLE_SYSTEM,
@@ -76,13 +79,16 @@ def backend_error(error: grpc.aio.AioRpcError, address: str) -> GatewayError:
             Violation("messages", parsed.message)
         ]
         return InvalidRequest(violations, reason=parsed.reason or "invalid_request")
+    # Backend addresses and engine messages stay in our logs, out of client messages.
+    log.warning("backend %s failed: %s %s", address, code.name, parsed.message)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return BackendUnavailable(
-            f"backend {address} is unavailable", retry_after_s=parsed.retry_after_s or 1.0
+            "The model's backend is unavailable. Please retry.",
+            retry_after_s=parsed.retry_after_s or 1.0,
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return BackendTimeout(f"backend {address} timed out")
-    return BackendFailed(f"backend {address} failed while generating")
+        return BackendTimeout("The model's backend timed out.")
+    return BackendFailed("The model's backend failed while generating.")
 
 
 class GrpcBackendClient:
@@ -101,7 +107,9 @@ class GrpcBackendClient:
             stub = self._stubs[address] = pb_grpc.BackendServiceStub(channel)
         return stub
 
-    async def generate(self, address: str, generation: Generation) -> AsyncIterator[StreamEvent]:
+    async def generate(
+        self, address: str, generation: Generation
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Stream text then one Finished; closing this iterator cancels the sidecar call."""
         call = self._stub(address).Generate(to_backend_request(generation))
         try:

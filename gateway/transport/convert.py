@@ -22,9 +22,6 @@ FINISH_REASONS = {
 def to_chat_request(params: pb.ChatCompletionParams) -> ChatRequest:
     """Convert request params; unknown roles become None and fail validation."""
 
-    def opt(name: str) -> object:
-        return getattr(params, name) if params.HasField(name) else None
-
     return ChatRequest(
         model=params.model,
         messages=tuple(
@@ -35,15 +32,20 @@ def to_chat_request(params: pb.ChatCompletionParams) -> ChatRequest:
             )
             for m in params.messages
         ),
-        max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
-        max_completion_tokens=opt("max_completion_tokens"),  # type: ignore[arg-type]
-        temperature=opt("temperature"),  # type: ignore[arg-type]
-        top_p=opt("top_p"),  # type: ignore[arg-type]
+        # proto3 `optional`: unset stays None, so zero keeps its meaning.
+        max_tokens=params.max_tokens if params.HasField("max_tokens") else None,
+        max_completion_tokens=(
+            params.max_completion_tokens if params.HasField("max_completion_tokens") else None
+        ),
+        temperature=params.temperature if params.HasField("temperature") else None,
+        top_p=params.top_p if params.HasField("top_p") else None,
         stop=tuple(params.stop),
-        seed=opt("seed"),  # type: ignore[arg-type]
-        presence_penalty=opt("presence_penalty"),  # type: ignore[arg-type]
-        frequency_penalty=opt("frequency_penalty"),  # type: ignore[arg-type]
-        n=opt("n"),  # type: ignore[arg-type]
+        seed=params.seed if params.HasField("seed") else None,
+        presence_penalty=params.presence_penalty if params.HasField("presence_penalty") else None,
+        frequency_penalty=(
+            params.frequency_penalty if params.HasField("frequency_penalty") else None
+        ),
+        n=params.n if params.HasField("n") else None,
         user=params.user,
     )
 

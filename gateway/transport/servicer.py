@@ -30,7 +30,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     def __init__(self, service: ChatCompletionService) -> None:
         self._service = service
 
-    async def CreateChatCompletion(  # noqa: N802 - gRPC method name
+    async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateChatCompletionResponse:
         """Generate the whole completion, then answer once."""
@@ -51,7 +51,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
             usage=to_usage(result.finished.usage),
         )
 
-    async def StreamChatCompletion(  # noqa: N802 - gRPC method name
+    async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         """Stream the completion. StreamStart goes out with the first backend
@@ -93,7 +93,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         self._service = service
         self._created = created
 
-    async def ListModels(  # noqa: N802 - gRPC method name
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         """Every configured model with its aliases."""

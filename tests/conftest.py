@@ -1,0 +1,136 @@
+"""Shared fixtures: real gRPC servers on port 0 and the shim over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import uvicorn
+
+from backends.engines.sim import SimConfig, SimEngine
+from backends.server import RunningSidecar, start_sidecar
+from gateway.config import GatewayConfig
+from gateway.server import RunningGateway, start_gateway
+from llmgw.v1 import chat_pb2 as pb
+from llmgw.v1 import chat_pb2_grpc as pb_grpc
+from rest_shim.app import create_app
+from rest_shim.settings import ShimSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def user(content: str) -> pb.ChatMessage:
+    return pb.ChatMessage(role=pb.ROLE_USER, content=content)
+
+
+def params(
+    model: str = "small", content: str = "alpha beta gamma", **kw: object
+) -> pb.ChatCompletionParams:
+    return pb.ChatCompletionParams(model=model, messages=[user(content)], **kw)  # type: ignore[arg-type]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
+    """Poll until predicate() holds; return the seconds it took (fail on timeout)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+@dataclass
+class Deployment:
+    """Sidecars (one per model), a gateway and its channel, all in this event loop."""
+
+    engines: dict[str, SimEngine]
+    sidecars: list[RunningSidecar]
+    gateway: RunningGateway
+    channel: grpc.aio.Channel
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+    @property
+    def chat(self) -> pb_grpc.ChatServiceStub:
+        return pb_grpc.ChatServiceStub(self.channel)
+
+    @property
+    def models(self) -> pb_grpc.ModelServiceStub:
+        return pb_grpc.ModelServiceStub(self.channel)
+
+
+async def deploy(sims: dict[str, SimConfig], extra: Sequence[dict[str, object]] = ()) -> Deployment:
+    engines: dict[str, SimEngine] = {}
+    sidecars: list[RunningSidecar] = []
+    models: list[dict[str, object]] = []
+    for name, sim in sims.items():
+        engine = SimEngine(sim)
+        sidecar = await start_sidecar(engine)
+        engines[name] = engine
+        sidecars.append(sidecar)
+        models.append(
+            {
+                "name": name,
+                "aliases": [name.split("-")[1]] if "-" in name else [],
+                "endpoints": [f"127.0.0.1:{sidecar.port}"],
+                "max_output_tokens": 1000,
+                "default_max_tokens": 32,
+            }
+        )
+    models.extend(extra)
+    gateway = await start_gateway(GatewayConfig.model_validate({"models": models}))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    return Deployment(engines, sidecars, gateway, channel)
+
+
+@pytest.fixture
+async def deployment() -> AsyncIterator[Deployment]:
+    """Two models: sim-small (fast) and sim-large, on zero-delay sim engines."""
+    d = await deploy(
+        {
+            "sim-small": SimConfig(output_tokens=12),
+            "sim-large": SimConfig(output_tokens=20, itl_ms=1),
+        }
+    )
+    yield d
+    await d.channel.close()
+    await d.gateway.stop(0)
+    for s in d.sidecars:
+        await s.stop(0)
+
+
+@dataclass
+class Shim:
+    """The REST shim served by uvicorn on a free port, in this event loop."""
+
+    base_url: str
+    server: uvicorn.Server
+
+
+async def start_shim(gateway_address: str, **settings: object) -> tuple[Shim, asyncio.Task[None]]:
+    port = free_port()
+    app = create_app(ShimSettings(port=port, gateway=gateway_address, **settings))  # type: ignore[arg-type]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started, timeout=10)
+    return Shim(f"http://127.0.0.1:{port}", server), task
+
+
+@pytest.fixture
+async def shim(deployment: Deployment) -> AsyncIterator[Shim]:
+    s, task = await start_shim(deployment.address, max_body_bytes=64 * 1024)
+    yield s
+    s.server.should_exit = True
+    await task

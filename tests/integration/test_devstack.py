@@ -1,0 +1,73 @@
+"""The README's run command: the whole stack as real processes on free ports."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_command_serves_both_models_and_stops_cleanly() -> None:
+    rest, grpc_port, small, large = (free_port() for _ in range(4))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack",
+            "--rest-port",
+            str(rest),
+            "--grpc-port",
+            str(grpc_port),
+            "--sidecar-ports",
+            f"{small},{large}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    banner = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            banner.append(line)
+            if line.startswith("Logs:") or time.monotonic() > deadline:
+                break
+        text = "".join(banner)
+        assert "llmgw is running" in text, text
+        assert "grpcurl -plaintext" in text and "OpenAI(base_url=" in text
+
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{rest}/v1", api_key="unused", max_retries=0
+        )
+        assert {m.id for m in client.models.list().data} == {"sim-small-1b", "sim-large-70b"}
+        for model in ("sim-small-1b", "large"):
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=4
+            )
+            assert reply.choices[0].message.content
+            stream = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "hello there"}],
+                max_tokens=4,
+                stream=True,
+            )
+            assert sum(1 for c in stream if c.choices and c.choices[0].delta.content) == 4
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, out
+    assert "stopping" in out
+    # Every child is gone: nothing listens on the ports any more.
+    for port in (rest, grpc_port, small, large):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
