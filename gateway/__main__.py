@@ -8,18 +8,13 @@ threads.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import multiprocessing
-import signal
 import sys
 
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.server import start_gateway
+from gateway.config import ConfigError, load_config
 from gateway.settings import GatewaySettings
-from grpc_common.runtime import install_event_loop_policy
-
-log = logging.getLogger("llmgw.gateway")
+from gateway.worker import run_worker
 
 
 def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
@@ -31,24 +26,6 @@ def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
     parser.add_argument("--log-level")
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return GatewaySettings(**given)
-
-
-async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
-    """Serve until SIGINT or SIGTERM, then drain for up to five seconds."""
-    gateway = await start_gateway(config, settings.listen)
-    log.info("gateway serving %d models on port %d", len(config.models), gateway.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await gateway.stop(grace=5.0)
-
-
-def _run_worker(settings: GatewaySettings, config: GatewayConfig) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    install_event_loop_policy()
-    asyncio.run(serve(settings, config))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,13 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     # spawn, not fork: gRPC's core threads do not survive a fork.
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=_run_worker, args=(settings, config), daemon=True)
+        context.Process(target=run_worker, args=(settings, config), daemon=True)
         for _ in range(settings.workers - 1)
     ]
     for child in children:
         child.start()
     try:
-        _run_worker(settings, config)
+        run_worker(settings, config)
     finally:
         for child in children:
             child.terminate()

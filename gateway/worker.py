@@ -1,0 +1,37 @@
+"""One gateway process: serve until told to stop.
+
+In its own module (not ``__main__``) so that ``spawn``ed worker processes
+can import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from gateway.config import GatewayConfig
+from gateway.server import start_gateway
+from gateway.settings import GatewaySettings
+from grpc_common.runtime import install_event_loop_policy
+
+log = logging.getLogger("llmgw.gateway")
+
+
+async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then drain for up to five seconds."""
+    gateway = await start_gateway(config, settings.listen)
+    log.info("gateway serving %d models on port %d", len(config.models), gateway.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.stop(grace=5.0)
+
+
+def run_worker(settings: GatewaySettings, config: GatewayConfig) -> None:
+    """Run one gateway process (the parent and each spawned worker)."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    install_event_loop_policy()
+    asyncio.run(serve(settings, config))
