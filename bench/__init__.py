@@ -1,0 +1,1 @@
+"""Streaming throughput and latency benchmark of sidecar, gateway and REST shim."""
