@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 
@@ -15,11 +16,13 @@ from backends.engine import (
     EngineRejectedRequest,
     EngineRequest,
     EngineUnavailable,
+    Finished,
     FinishReason,
 )
 from grpc_common.status import ErrorDetails, FieldViolation, build_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
+from streamutil.batching import batched
 
 _ROLE_NAMES = {
     pb.ROLE_SYSTEM: "system",
@@ -85,6 +88,39 @@ def engine_error_status(error: EngineError) -> grpc.Status:
     return build_status(code, str(error), ErrorDetails(reason=error.reason))
 
 
+def _messages(batch: list[Delta | Finished]) -> list[pb.GenerateResponse]:
+    """One message for all the deltas of a batch, one for a Finished."""
+    out: list[pb.GenerateResponse] = []
+    texts: list[str] = []
+    tokens = 0
+    for event in batch:
+        if type(event) is Delta:
+            texts.append(event.text)
+            tokens += event.token_count
+        else:
+            assert isinstance(event, Finished)
+            if texts:
+                out.append(_delta(texts, tokens))
+                texts, tokens = [], 0
+            out.append(
+                pb.GenerateResponse(
+                    finished=pb.GenerateFinished(
+                        finish_reason=_FINISH[event.reason],
+                        prompt_tokens=event.prompt_tokens,
+                        completion_tokens=event.completion_tokens,
+                    )
+                )
+            )
+    if texts:
+        out.append(_delta(texts, tokens))
+    return out
+
+
+def _delta(texts: list[str], tokens: int) -> pb.GenerateResponse:
+    text = texts[0] if len(texts) == 1 else "".join(texts)
+    return pb.GenerateResponse(delta=pb.TokenDelta(text=text, token_count=tokens))
+
+
 class BackendServicer(pb_grpc.BackendServiceServicer):
     """Serves Generate and GetLoad for one engine."""
 
@@ -94,30 +130,19 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        """Stream the engine's output; cancellation of this call aborts the engine."""
+        """Stream the engine's output; cancellation of this call aborts the engine.
+
+        Deltas that the engine produced while the previous message was being
+        written go out merged in one message (see streamutil.batching).
+        """
         try:
             engine_request = to_engine_request(request)
-            stream = self._engine.generate(engine_request)
-            # Build messages directly: this loop runs once per token.
-            Response = pb.GenerateResponse
-            TokenDelta = pb.TokenDelta
-            try:
-                async for event in stream:
-                    if type(event) is Delta:
-                        yield Response(
-                            delta=TokenDelta(text=event.text, token_count=event.token_count)
-                        )
-                    else:
-                        yield Response(
-                            finished=pb.GenerateFinished(
-                                finish_reason=_FINISH[event.reason],  # type: ignore[union-attr]
-                                prompt_tokens=event.prompt_tokens,  # type: ignore[union-attr]
-                                completion_tokens=event.completion_tokens,  # type: ignore[union-attr]
-                            )
-                        )
-            finally:
-                # Closing the generator runs the engine's cleanup now, not at GC time.
-                await stream.aclose()  # type: ignore[attr-defined]
+            # Closing the batches closes the engine stream: its cleanup (the
+            # abort) runs now, not at garbage collection.
+            async with aclosing(batched(self._engine.generate(engine_request))) as batches:
+                async for batch in batches:
+                    for message in _messages(batch):
+                        yield message
         except EngineError as error:
             await context.abort_with_status(engine_error_status(error))
 

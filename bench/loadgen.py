@@ -8,7 +8,8 @@ which in-flight requests finish but no new ones start.
 
 Per-request client work is kept as small as possible so the client does not
 become the bottleneck: request bytes are built once per job, gRPC responses
-are not deserialised (the oneof field's tag byte tells a delta from the end),
+are deserialised only for deltas, to count their tokens (the oneof field's
+tag byte tells a delta from the end),
 and the HTTP client is a bare asyncio HTTP/1.1 keep-alive reader that
 counts SSE content events with ``bytes.count``.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -47,6 +48,33 @@ _SSE_DONE = b"data: [DONE]\n\n"
 _CARRY = len(_SSE_CONTENT) - 1
 
 _ERROR_SAMPLES = 5
+
+
+# Deltas may hold several tokens: the sidecar and the gateway merge tokens that
+# were produced while the previous message was still being written. The sim
+# engine's tokens are words, the first bare and the others with one leading
+# space, so the tokens in a piece of text are its spaces, plus one for the
+# stream's first piece.
+def _sidecar_tokens(message: bytes, first: bool) -> int:
+    return backend_pb2.GenerateResponse.FromString(message).delta.token_count
+
+
+def _chat_tokens(message: bytes, first: bool) -> int:
+    text = chat_pb2.StreamChatCompletionResponse.FromString(message).delta.content
+    return text.count(" ") + first
+
+
+def _sse_tokens(data: bytes, first: bool) -> int:
+    """Tokens in the content deltas of one HTTP chunk (whole SSE events)."""
+    tokens = 0
+    at = data.find(_SSE_CONTENT)
+    while at >= 0:
+        begin = at + len(_SSE_CONTENT) + 1  # past the opening quote
+        end = data.index(b'"}', begin)
+        tokens += data.count(b" ", begin, end) + first
+        first = False
+        at = data.find(_SSE_CONTENT, end)
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -149,6 +177,7 @@ async def _grpc_stream_loop(
     request: bytes,
     delta_tag: int,
     end_tag: int,
+    count_tokens: Callable[[bytes, bool], int],
     recorder: _Recorder,
 ) -> None:
     """Send requests one after another on a shared channel until the window ends."""
@@ -166,9 +195,10 @@ async def _grpc_stream_loop(
                     arrived = now()
                     if not tokens:
                         first = arrived
-                    tokens += 1
+                    count = count_tokens(message, not tokens)
+                    tokens += count
                     if start <= arrived < end:
-                        in_window += 1
+                        in_window += count
                 elif tag == end_tag:
                     ended = True
         except grpc.aio.AioRpcError as error:
@@ -251,7 +281,7 @@ async def _http_stream_loop(
                     await reader.readuntil(b"\r\n")  # end of the (empty) trailer
                     break
                 data = carry + (await reader.readexactly(size + 2))[:-2]
-                count = data.count(_SSE_CONTENT)
+                count = _sse_tokens(data, not tokens) if _SSE_CONTENT in data else 0
                 if count:
                     arrived = now()
                     if not tokens:
@@ -310,10 +340,10 @@ async def _run_job(job: Job, conn: Connection) -> WorkerResult:
         assert channel is not None
         if job.target == DIRECT:
             method, request = "/llmgw.backend.v1.BackendService/Generate", _sidecar_request(job)
-            tags = (_SIDECAR_DELTA, _SIDECAR_END)
+            tags = (_SIDECAR_DELTA, _SIDECAR_END, _sidecar_tokens)
         else:
             method, request = "/llmgw.v1.ChatService/StreamChatCompletion", _chat_request(job)
-            tags = (_CHAT_DELTA, _CHAT_END)
+            tags = (_CHAT_DELTA, _CHAT_END, _chat_tokens)
         # No (de)serialisers: requests go as prepared bytes, responses come back as bytes.
         call = channel.unary_stream(method)
         loops = [_grpc_stream_loop(call, request, *tags, recorder) for _ in range(job.concurrency)]

@@ -15,6 +15,7 @@ from gateway.domain.errors import BackendFailed
 from gateway.domain.ports import BackendPort
 from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
 from gateway.routing.registry import ModelRegistry, ModelRoute
+from streamutil.batching import batched
 
 
 def new_completion_id() -> str:
@@ -78,16 +79,25 @@ class ChatCompletionService:
 
     async def stream(self, completion: Completion) -> AsyncGenerator[StreamEvent, None]:
         """Yield text deltas, then exactly one Finished. A backend stream that
-        ends without Finished raises BackendFailed: never a silent truncation."""
+        ends without Finished raises BackendFailed: never a silent truncation.
+
+        Deltas that arrive while our client is still being sent the previous
+        one are merged (streamutil.batching): a slow client or a busy CPU
+        then costs fewer, larger messages instead of a growing backlog.
+        """
         endpoint = completion.route.pool.pick()
         endpoint.outstanding += 1
         try:
-            async with aclosing(
-                self._backends.generate(endpoint.address, completion.generation)
-            ) as events:
-                async for event in events:
-                    yield event
-                    if type(event) is Finished:
+            events = self._backends.generate(endpoint.address, completion.generation)
+            async with aclosing(batched(events)) as batches:
+                async for batch in batches:
+                    # A batch is deltas, possibly followed by the Finished event.
+                    end = batch[-1] if type(batch[-1]) is Finished else None
+                    texts = batch[:-1] if end is not None else batch
+                    if texts:
+                        yield texts[0] if len(texts) == 1 else "".join(texts)  # type: ignore[arg-type]
+                    if end is not None:
+                        yield end
                         return
             raise BackendFailed("the backend ended the stream before the completion finished")
         finally:
