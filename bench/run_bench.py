@@ -435,7 +435,8 @@ def findings(results: Sequence[ScenarioResult], clients: int) -> list[str]:
     ]
     notes.append(
         f"Load generator: {clients} client process(es), each one uvloop loop (grpc.aio with "
-        "no protobuf decoding; a bare asyncio HTTP/1.1 keep-alive client counting SSE events). "
+        "protobuf decoded only for deltas; a bare asyncio HTTP/1.1 keep-alive client "
+        "counting tokens in SSE deltas). "
         f"The busiest client used {_client_share(busiest):.0%} of a core "
         f"({TARGET_LABELS[busiest.target]} c={busiest.concurrency}); one near 100 % would be "
         "the bottleneck. "
