@@ -34,6 +34,13 @@ class ModelConfig(BaseModel):
     owned_by: str = "llmgw"
     default_max_tokens: int = Field(default=256, ge=1)
     max_output_tokens: int = Field(default=4096, ge=1)
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models tried in order when this one's pool is down, open or saturated.",
+    )
+    max_inflight_per_endpoint: int = Field(
+        default=256, ge=1, description="Requests one gateway process sends one endpoint at once."
+    )
 
     @field_validator("endpoints")
     @classmethod
@@ -50,12 +57,75 @@ class ModelConfig(BaseModel):
         return self
 
 
+class RetryConfig(BaseModel):
+    """Retries before the first token (never after: see ARCHITECTURE.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    budget_min_per_s: float = Field(default=2.0, ge=0)
+    backoff_base_s: float = Field(default=0.025, ge=0)
+    backoff_max_s: float = Field(default=0.25, ge=0)
+
+
+class BreakerConfig(BaseModel):
+    """Circuit breaker thresholds, per endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    window_s: float = Field(default=10.0, gt=0)
+    min_calls_in_window: int = Field(default=20, ge=1)
+    cooldown_s: float = Field(default=5.0, gt=0)
+    half_open_probes: int = Field(default=2, ge=1)
+
+
+class HealthConfig(BaseModel):
+    """Active checks of each sidecar (grpc.health.v1 Check and GetLoad)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    unhealthy_threshold: int = Field(default=2, ge=1)
+    healthy_threshold: int = Field(default=2, ge=1)
+
+
+class ResilienceConfig(BaseModel):
+    """Timeouts, retries, breakers and health checks (defaults in ARCHITECTURE.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_timeout_s: float = Field(default=30.0, gt=0)
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    queue_timeout_s: float = Field(default=10.0, ge=0)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+
+
 class GatewayConfig(BaseModel):
     """The whole routing file."""
 
     model_config = ConfigDict(extra="forbid")
 
     models: Annotated[list[ModelConfig], Field(min_length=1)]
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> GatewayConfig:
+        names = {m.name for m in self.models}
+        for model in self.models:
+            for fallback in model.fallbacks:
+                if fallback not in names:
+                    raise ValueError(
+                        f"model {model.name!r} falls back to unknown model {fallback!r}"
+                    )
+                if fallback == model.name:
+                    raise ValueError(f"model {model.name!r} cannot fall back to itself")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

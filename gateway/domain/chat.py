@@ -92,6 +92,15 @@ class Finished:
     usage: Usage
 
 
-# A stream yields text deltas as plain ``str`` (the per-token hot path stays
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The first event of a stream: which model and endpoint serve it
+    (a fallback model when the requested one could not)."""
+
+    model: str
+    backend: str
+
+
+# A backend stream yields text deltas as plain ``str`` (the per-token hot path stays
 # allocation-light) and ends with exactly one ``Finished``.
 StreamEvent = str | Finished

@@ -1,21 +1,38 @@
-"""The chat completion use case: validate, resolve the model, pick an
-endpoint, stream the backend's output and guarantee the stream either ends
-with a Finished event or raises. No transport code here."""
+"""The chat completion use case: validate, resolve the model, route to an
+endpoint (queueing fairly when the pool is full), retry on another endpoint
+or fall back to another model while nothing has reached the client, then
+stream. A stream either ends with a Finished event or raises: never a
+silent truncation. No transport code here."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from gateway.domain.chat import ChatRequest, Finished, Generation, StreamEvent
-from gateway.domain.errors import BackendFailed
+from gateway.domain.chat import ChatRequest, Finished, Generation, Routed, StreamEvent
+from gateway.domain.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    InvalidRequest,
+)
 from gateway.domain.ports import BackendPort
+from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
+from gateway.routing.endpoint import Endpoint
+from gateway.routing.pool import PoolSaturated, PoolUnavailable
 from gateway.routing.registry import ModelRegistry, ModelRoute
+from gateway.routing.retry_budget import RetryBudget
 from streamutil.batching import batched
+
+# Errors worth another endpoint when no token has reached the client yet.
+_RETRYABLE = (BackendUnavailable, BackendTimeout, BackendFailed)
 
 
 def new_completion_id() -> str:
@@ -25,13 +42,16 @@ def new_completion_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """An admitted request: its id, the model serving it and what to generate."""
+    """An admitted request: its id, the model asked for and what to generate."""
 
     id: str
     model: str
     created: int
     route: ModelRoute
     generation: Generation
+    request: ChatRequest
+    tenant: str = ""
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +59,17 @@ class CompletedText:
     """A whole (non-streamed) completion."""
 
     completion: Completion
+    routed: Routed
     text: str
     finished: Finished
+
+
+class _FailedBeforeFirstToken(Exception):
+    """An attempt failed while nothing had been sent to the client."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class ChatCompletionService:
@@ -50,20 +79,26 @@ class ChatCompletionService:
         self,
         registry: ModelRegistry,
         backends: BackendPort,
+        policy: ResiliencePolicy | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         new_id: Callable[[], str] = new_completion_id,
+        rng: random.Random | None = None,
     ) -> None:
         self._registry = registry
         self._backends = backends
+        self._policy = policy or ResiliencePolicy()
         self._clock = clock
         self._new_id = new_id
+        self._rng = rng or random.Random()
+        self._budget = RetryBudget(self._policy.retry, monotonic)
 
     @property
     def registry(self) -> ModelRegistry:
         """The models served."""
         return self._registry
 
-    def admit(self, request: ChatRequest) -> Completion:
+    def admit(self, request: ChatRequest, tenant: str = "", priority: int = 0) -> Completion:
         """Validate and route ``request``; raise GatewayError if it cannot be served."""
         check_request_shape(request)
         route = self._registry.resolve(request.model)
@@ -75,22 +110,116 @@ class ChatCompletionService:
             created=int(self._clock()),
             route=route,
             generation=bind(request, completion_id, route.engine_model, max_tokens),
+            request=request,
+            tenant=tenant,
+            priority=priority,
         )
 
-    async def stream(self, completion: Completion) -> AsyncGenerator[StreamEvent, None]:
-        """Yield text deltas, then exactly one Finished. A backend stream that
-        ends without Finished raises BackendFailed: never a silent truncation.
+    async def stream(self, completion: Completion) -> AsyncGenerator[Routed | StreamEvent, None]:
+        """Yield one Routed, then text deltas, then exactly one Finished.
 
-        Deltas that arrive while our client is still being sent the previous
-        one are merged (streamutil.batching): a slow client or a busy CPU
-        then costs fewer, larger messages instead of a growing backlog.
+        Before the first token, a failed attempt is retried on another
+        endpoint (jittered backoff, within the retry budget), and a model
+        whose pool is down, open-circuited or saturated hands over to its
+        fallbacks. After the first token nothing is retried: the client has
+        seen part of one answer and a second answer cannot be spliced onto
+        it, so a failure then raises (the transports turn it into an
+        explicit error, never a clean end).
         """
-        endpoint = completion.route.pool.pick()
-        endpoint.outstanding += 1
+        policy = self._policy
+        self._budget.on_request()
+        attempts = 0
+        error: GatewayError = BackendUnavailable("No backend is available for this model.")
+        for route in self._registry.chain(completion.route):
+            generation = self._generation_for(completion, route)
+            if generation is None:
+                continue  # this fallback cannot serve the request's max_tokens
+            tried: set[Endpoint] = set()
+            while attempts < policy.retry.max_attempts:
+                try:
+                    endpoint = await route.pool.acquire(
+                        tenant=completion.tenant,
+                        priority=completion.priority,
+                        timeout_s=policy.queue_timeout_s,
+                        exclude=tried,
+                    )
+                except PoolUnavailable:
+                    if not tried:  # otherwise the last attempt's error says more
+                        error = BackendUnavailable(
+                            "No backend is available for this model.", retry_after_s=1.0
+                        )
+                    break  # next model in the chain
+                except PoolSaturated:
+                    if not tried:
+                        error = BackendUnavailable(
+                            "The model is overloaded; the request waited too long in the queue.",
+                            retry_after_s=max(1.0, policy.queue_timeout_s / 2),
+                        )
+                    break
+                tried.add(endpoint)
+                if attempts:
+                    if not self._budget.try_retry():
+                        route.pool.release(endpoint)
+                        endpoint.breaker.release_probe()
+                        raise error
+                    await asyncio.sleep(self._backoff(attempts))
+                attempts += 1
+                try:
+                    async with aclosing(self._attempt(route, endpoint, generation)) as events:
+                        async for event in events:
+                            yield event
+                    return
+                except _FailedBeforeFirstToken as failed:
+                    error = failed.error
+        raise error
+
+    def _generation_for(self, completion: Completion, route: ModelRoute) -> Generation | None:
+        if route is completion.route:
+            return completion.generation
         try:
-            events = self._backends.generate(endpoint.address, completion.generation)
+            max_tokens = resolve_max_tokens(completion.request, route.limits)
+        except InvalidRequest:
+            return None
+        return bind(completion.request, completion.id, route.engine_model, max_tokens)
+
+    def _backoff(self, attempt: int) -> float:
+        retry = self._policy.retry
+        ceiling = min(retry.backoff_max_s, retry.backoff_base_s * 2 ** (attempt - 1))
+        return self._rng.uniform(0, ceiling)  # full jitter: retries do not arrive in step
+
+    async def _attempt(
+        self, route: ModelRoute, endpoint: Endpoint, generation: Generation
+    ) -> AsyncGenerator[Routed | StreamEvent, None]:
+        """One backend call. Raises _FailedBeforeFirstToken when it may be retried."""
+        policy = self._policy
+        breaker = endpoint.breaker
+        verdict = False
+        try:
+            events = self._backends.generate(endpoint.address, generation)
             async with aclosing(batched(events)) as batches:
-                async for batch in batches:
+                error: GatewayError
+                try:
+                    async with asyncio.timeout(policy.ttft_timeout_s):
+                        batch = await anext(batches, None)
+                except TimeoutError:
+                    batch = None
+                    error = BackendTimeout("The model's backend did not answer in time.")
+                except InvalidRequest:
+                    raise  # the client's fault: no verdict on the endpoint, no retry
+                except GatewayError as caught:
+                    batch, error = None, caught
+                else:
+                    error = BackendFailed("The model's backend ended the stream without answering.")
+                if batch is None:
+                    verdict = True
+                    breaker.record_failure()
+                    if isinstance(error, _RETRYABLE):
+                        raise _FailedBeforeFirstToken(error)
+                    raise error
+                verdict = True
+                breaker.record_success()
+                yield Routed(route.name, endpoint.address)
+                while batch is not None:
                     # A batch is deltas, possibly followed by the Finished event.
                     end = batch[-1] if type(batch[-1]) is Finished else None
                     texts = batch[:-1] if end is not None else batch
@@ -99,18 +228,34 @@ class ChatCompletionService:
                     if end is not None:
                         yield end
                         return
-            raise BackendFailed("the backend ended the stream before the completion finished")
+                    try:
+                        # The timeout wraps only the wait for the backend, never our
+                        # yields: it must not fire while the client is being written to.
+                        async with asyncio.timeout(policy.idle_timeout_s):
+                            batch = await anext(batches, None)
+                    except TimeoutError:
+                        breaker.record_failure()
+                        raise BackendTimeout("The model's backend stalled mid-stream.") from None
+                    except GatewayError:
+                        breaker.record_failure()
+                        raise
+                raise BackendFailed("The model's backend ended the stream before it finished.")
         finally:
-            endpoint.outstanding -= 1
+            if not verdict:
+                breaker.release_probe()  # cancelled before a verdict: free the probe slot
+            route.pool.release(endpoint)
 
     async def complete(self, completion: Completion) -> CompletedText:
         """Run a completion to its end and return the whole text."""
         parts: list[str] = []
+        routed = Routed(completion.model, "")
         async with aclosing(self.stream(completion)) as events:
             async for event in events:
                 if type(event) is str:
                     parts.append(event)
+                elif type(event) is Routed:
+                    routed = event
                 else:
                     assert isinstance(event, Finished)
-                    return CompletedText(completion, "".join(parts), event)
+                    return CompletedText(completion, routed, "".join(parts), event)
         raise BackendFailed("the backend ended the stream before the completion finished")

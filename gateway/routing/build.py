@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.config import GatewayConfig
 from gateway.domain.validation import OutputLimits
+from gateway.routing.breaker import BreakerPolicy
 from gateway.routing.pool import EndpointPool
 from gateway.routing.registry import ModelRegistry, ModelRoute
 
@@ -17,7 +18,12 @@ def build_registry(config: GatewayConfig) -> ModelRegistry:
             engine_model=m.engine_model or m.name,
             owned_by=m.owned_by,
             limits=OutputLimits(m.default_max_tokens, m.max_output_tokens),
-            pool=EndpointPool(m.endpoints),
+            pool=EndpointPool(
+                m.endpoints,
+                breaker_policy=BreakerPolicy(**config.resilience.breaker.model_dump()),
+                max_inflight=m.max_inflight_per_endpoint,
+            ),
+            fallbacks=tuple(m.fallbacks),
         )
         for m in config.models
     )

@@ -20,6 +20,7 @@ class ModelRoute:
     owned_by: str
     limits: OutputLimits
     pool: EndpointPool
+    fallbacks: Sequence[str] = ()
 
 
 class ModelRegistry:
@@ -38,6 +39,10 @@ class ModelRegistry:
         if route is None:
             raise ModelNotFound(name)
         return route
+
+    def chain(self, route: ModelRoute) -> list[ModelRoute]:
+        """The route followed by its fallbacks, in the configured order."""
+        return [route, *(self._by_name[name] for name in route.fallbacks)]
 
     @property
     def routes(self) -> Sequence[ModelRoute]:

@@ -8,7 +8,7 @@ from contextlib import aclosing
 
 import grpc
 
-from gateway.domain.chat import Finished
+from gateway.domain.chat import Finished, Routed
 from gateway.domain.errors import GatewayError
 from gateway.domain.service import ChatCompletionService
 from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
@@ -24,6 +24,16 @@ _INTERNAL = build_status(
 )
 
 
+# Response metadata naming what served the request (REST: the same-named headers).
+MODEL_HEADER = "x-llmgw-model"
+BACKEND_HEADER = "x-llmgw-backend"
+
+
+def routing_metadata(routed: Routed) -> tuple[tuple[str, str], ...]:
+    """Initial metadata saying which model and backend endpoint served the call."""
+    return ((MODEL_HEADER, routed.model), (BACKEND_HEADER, routed.backend))
+
+
 class ChatServicer(pb_grpc.ChatServiceServicer):
     """Serves chat completions, streamed and whole."""
 
@@ -37,6 +47,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         try:
             completion = self._service.admit(to_chat_request(request.params))
             result = await self._service.complete(completion)
+            await context.send_initial_metadata(routing_metadata(result.routed))
         except GatewayError as error:
             await context.abort_with_status(to_status(error))
         except Exception:
@@ -44,7 +55,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
             await context.abort_with_status(_INTERNAL)
         return pb.CreateChatCompletionResponse(
             id=completion.id,
-            model=completion.model,
+            model=result.routed.model,
             created=completion.created,
             message=pb.ChatMessage(role=pb.ROLE_ASSISTANT, content=result.text),
             finish_reason=FINISH_REASONS[result.finished.reason],
@@ -61,18 +72,18 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         ContentDelta = pb.ContentDelta
         try:
             completion = self._service.admit(to_chat_request(request.params))
-            started = False
             async with aclosing(self._service.stream(completion)) as events:
                 async for event in events:
-                    if not started:
-                        started = True
-                        yield Response(
-                            start=pb.StreamStart(
-                                id=completion.id, model=completion.model, created=completion.created
-                            )
-                        )
                     if type(event) is str:
                         yield Response(delta=ContentDelta(content=event))
+                    elif type(event) is Routed:
+                        # Sent with the first backend event, not on admission.
+                        await context.send_initial_metadata(routing_metadata(event))
+                        yield Response(
+                            start=pb.StreamStart(
+                                id=completion.id, model=event.model, created=completion.created
+                            )
+                        )
                     else:
                         assert isinstance(event, Finished)
                         end = pb.StreamEnd(finish_reason=FINISH_REASONS[event.reason])
