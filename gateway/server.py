@@ -7,15 +7,21 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ResilienceConfig
+from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService
 from gateway.routing.build import build_registry
+from gateway.routing.retry_budget import RetryPolicy
+from gateway.transport.admin_servicer import AdminServicer
 from gateway.transport.backend_client import GrpcBackendClient
+from gateway.transport.monitor import EndpointMonitor
 from gateway.transport.servicer import ChatServicer, ModelServicer
 from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
+from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2, chat_pb2_grpc
 
 SERVICE_NAMES = tuple(s.full_name for s in chat_pb2.DESCRIPTOR.services_by_name.values())
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 @dataclass
@@ -26,26 +32,46 @@ class RunningGateway:
     port: int
     service: ChatCompletionService
     backends: GrpcBackendClient
+    monitor: EndpointMonitor
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving and close the backend channels."""
+        """Stop serving, stop health checks and close the backend channels."""
         await self.server.stop(grace)
+        await self.monitor.stop()
         await self.backends.close()
 
 
 async def start_gateway(config: GatewayConfig, address: str = "127.0.0.1:0") -> RunningGateway:
     """Start a gateway serving ``config`` on ``address`` (port 0 picks one)."""
     backends = GrpcBackendClient()
-    service = ChatCompletionService(build_registry(config), backends)
+    registry = build_registry(config)
+    service = ChatCompletionService(registry, backends, resilience_policy(config.resilience))
+    monitor = EndpointMonitor(
+        (e for r in registry.routes for e in r.pool.endpoints), backends, config.resilience.health
+    )
     server = grpc.aio.server(options=SERVER_OPTIONS)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(service), server)
     chat_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(service, int(time.time())), server
     )
-    health = add_health_and_reflection(server, SERVICE_NAMES)
+    health = add_health_and_reflection(server, (*SERVICE_NAMES, ADMIN_SERVICE))
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await server.start()
+    monitor.start()
     await mark_serving(health, SERVICE_NAMES)
-    return RunningGateway(server=server, port=port, service=service, backends=backends)
+    return RunningGateway(
+        server=server, port=port, service=service, backends=backends, monitor=monitor
+    )
+
+
+def resilience_policy(config: ResilienceConfig) -> ResiliencePolicy:
+    """The domain's policy object from the validated configuration."""
+    return ResiliencePolicy(
+        ttft_timeout_s=config.ttft_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+        queue_timeout_s=config.queue_timeout_s,
+        retry=RetryPolicy(**config.retry.model_dump()),
+    )

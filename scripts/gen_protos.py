@@ -14,7 +14,14 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 BIN_DIR = Path(sys.executable).parent
-PACKAGE_DIRS = ("llmgw", "llmgw/v1", "llmgw/backend", "llmgw/backend/v1")
+PACKAGE_DIRS = (
+    "llmgw",
+    "llmgw/v1",
+    "llmgw/backend",
+    "llmgw/backend/v1",
+    "llmgw/admin",
+    "llmgw/admin/v1",
+)
 
 
 def generate(out_dir: Path) -> None:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncGenerator
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.domain.chat import Finished, FinishReason, Generation, Role, StreamEvent, Usage
 from gateway.domain.errors import (
@@ -16,6 +17,7 @@ from gateway.domain.errors import (
     InvalidRequest,
     Violation,
 )
+from gateway.routing.endpoint import LoadSnapshot
 from grpc_common.server import CHANNEL_OPTIONS
 from grpc_common.status import parse_status
 from llmgw.backend.v1 import backend_pb2 as pb
@@ -97,6 +99,8 @@ class GrpcBackendClient:
 
     def __init__(self) -> None:
         self._stubs: dict[str, pb_grpc.BackendServiceStub] = {}
+        self._health: dict[str, health_pb2_grpc.HealthStub] = {}
+        self._channel_of: dict[str, grpc.aio.Channel] = {}
         self._channels: list[grpc.aio.Channel] = []
 
     def _stub(self, address: str) -> pb_grpc.BackendServiceStub:
@@ -104,6 +108,7 @@ class GrpcBackendClient:
         if stub is None:
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             self._channels.append(channel)
+            self._channel_of[address] = channel
             stub = self._stubs[address] = pb_grpc.BackendServiceStub(channel)
         return stub
 
@@ -129,6 +134,31 @@ class GrpcBackendClient:
             # Reached on normal end, on error, and when our caller is cancelled
             # or closes us: in every case the sidecar must stop generating.
             call.cancel()
+
+    async def is_serving(self, address: str, timeout_s: float) -> bool:
+        """grpc.health.v1 Check of the sidecar (its engine's readiness)."""
+        self._stub(address)  # make sure the channel exists
+        health = self._health.get(address)
+        if health is None:
+            health = self._health[address] = health_pb2_grpc.HealthStub(self._channel_of[address])
+        try:
+            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def load(self, address: str, timeout_s: float) -> LoadSnapshot | None:
+        """The sidecar's load report, or None if it did not answer."""
+        try:
+            report = await self._stub(address).GetLoad(pb.GetLoadRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return None
+        return LoadSnapshot(
+            running=report.running,
+            waiting=report.waiting,
+            capacity=report.capacity,
+            kv_cache_usage=report.kv_cache_usage if report.HasField("kv_cache_usage") else None,
+        )
 
     async def close(self) -> None:
         """Close every channel."""
