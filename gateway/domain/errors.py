@@ -30,6 +30,14 @@ class Violation:
     description: str
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One exhausted limit: its subject (``tenant:NAME``) and what was exceeded."""
+
+    subject: str
+    description: str
+
+
 class GatewayError(Exception):
     """Base of every error the gateway reports to a client."""
 
@@ -44,6 +52,11 @@ class GatewayError(Exception):
     @property
     def violations(self) -> Sequence[Violation]:
         """Field violations, for invalid input."""
+        return ()
+
+    @property
+    def quota_violations(self) -> Sequence[QuotaViolation]:
+        """Exhausted quotas, for rate limits."""
         return ()
 
 
@@ -99,3 +112,53 @@ class BackendTimeout(GatewayError):
 
     kind = ErrorKind.DEADLINE_EXCEEDED
     reason = "backend_timeout"
+
+
+class Unauthenticated(GatewayError):
+    """No API key, or one that is unknown or revoked. Never echoes the key."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+    reason = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    """The caller is known but may not do this (a model outside its tenant's list)."""
+
+    kind = ErrorKind.PERMISSION_DENIED
+    reason = "permission_denied"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class RateLimited(GatewayError):
+    """A tenant's limit is exhausted (requests, tokens, concurrency or monthly quota)."""
+
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+    reason = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        quotas: Sequence[QuotaViolation],
+        retry_after_s: float | None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self._quotas = tuple(quotas)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def quota_violations(self) -> Sequence[QuotaViolation]:
+        """Every limit that refused the request."""
+        return self._quotas
+
+
+class LimiterUnavailable(GatewayError):
+    """The shared rate-limit store is unreachable and the policy is fail-closed."""
+
+    kind = ErrorKind.UNAVAILABLE
+    reason = "rate_limiter_unavailable"

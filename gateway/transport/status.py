@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from gateway.domain.errors import ErrorKind, GatewayError
-from grpc_common.status import ErrorDetails, FieldViolation, build_status
+from grpc_common.status import ErrorDetails, FieldViolation, QuotaViolation, build_status
 
 _CODES = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -33,6 +33,9 @@ def to_status(error: GatewayError) -> grpc.Status:
             reason=error.reason,
             field_violations=tuple(
                 FieldViolation(v.field, v.description) for v in error.violations
+            ),
+            quota_violations=tuple(
+                QuotaViolation(q.subject, q.description) for q in error.quota_violations
             ),
             retry_after_s=error.retry_after_s,
         ),
