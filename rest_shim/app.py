@@ -120,6 +120,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
                     stream_request, metadata=metadata, timeout=timeout
                 ),
                 include_usage,
+                settings.sse_keepalive_s,
             )
         if body.stream_options is not None:
             raise ApiError(

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from llmgw.v1 import chat_pb2 as pb
 from rest_shim.errors import ApiError, from_grpc_error
-from rest_shim.sse import DONE, FINISH_REASONS, ChunkEncoder, error_event
+from rest_shim.sse import DONE, FINISH_REASONS, KEEPALIVE, ChunkEncoder, error_event
 
 log = logging.getLogger("llmgw.shim")
 
@@ -65,6 +65,18 @@ class ErrorResponse(Response):
         )
 
 
+# Gateway response metadata copied to HTTP headers (which model and backend served).
+_ROUTING_KEYS = frozenset({"x-llmgw-model", "x-llmgw-backend"})
+
+
+def _routing_headers(metadata: Any) -> list[tuple[bytes, bytes]]:
+    return [
+        (key.encode(), value.encode())
+        for key, value in (metadata or ())
+        if key in _ROUTING_KEYS and isinstance(value, str)
+    ]
+
+
 def _id_header(completion_id: str) -> tuple[bytes, bytes]:
     return (b"x-request-id", completion_id.encode())
 
@@ -82,6 +94,7 @@ class CompletionResponse(Response):
         watcher = _watch(receive, call)
         try:
             response: pb.CreateChatCompletionResponse = await call
+            routing = _routing_headers(await call.initial_metadata())
         except grpc.aio.AioRpcError as error:
             await send_error(send, from_grpc_error(error))
             return
@@ -123,7 +136,7 @@ class CompletionResponse(Response):
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_JSON_HEADERS, _id_header(response.id)],
+                "headers": [*_JSON_HEADERS, _id_header(response.id), *routing],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -141,30 +154,40 @@ class CompletionStreamResponse(Response):
         self,
         start_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
         include_usage: bool,
+        keepalive_s: float = 15.0,
     ) -> None:
         super().__init__()
         self._start_call = start_call
         self._include_usage = include_usage
+        self._keepalive_s = keepalive_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Relay the stream; cancel the gateway call as soon as the client leaves."""
         call = self._start_call()
         watcher = _watch(receive, call)
         started = False
+        pending: asyncio.Future[Any] = asyncio.ensure_future(call.read())
         try:
-            first = await call.read()
+            # Wait for the first event; if it is slow (queueing, a long
+            # prefill), commit to 200 and send SSE comments so proxies and
+            # clients do not drop an idle connection.
+            while not (await asyncio.wait({pending}, timeout=self._keepalive_s))[0]:
+                if not started:
+                    await send(
+                        {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS}
+                    )
+                    started = True
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+            first = pending.result()
             if first is grpc.aio.EOF or not first.HasField("start"):
                 raise RuntimeError("the gateway stream did not begin with StreamStart")
             start = first.start
             encoder = ChunkEncoder(start.id, start.created, start.model, self._include_usage)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [*_SSE_HEADERS, _id_header(start.id)],
-                }
-            )
-            started = True
+            if not started:
+                headers = [*_SSE_HEADERS, _id_header(start.id)]
+                headers.extend(_routing_headers(await call.initial_metadata()))
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                started = True
             await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
             content = encoder.content
             ended = False
@@ -200,6 +223,7 @@ class CompletionStreamResponse(Response):
                 started,
             )
         finally:
+            pending.cancel()
             watcher.cancel()
             call.cancel()
 

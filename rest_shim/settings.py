@@ -17,4 +17,7 @@ class ShimSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    sse_keepalive_s: float = Field(
+        default=15.0, gt=0, description="SSE comment interval while waiting for a first token."
+    )
     log_level: str = "info"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import orjson
 
 DONE = b"data: [DONE]\n\n"
+# An SSE comment: ignored by clients, keeps idle connections open.
+KEEPALIVE = b": keep-alive\n\n"
 
 FINISH_REASONS = {1: "stop", 2: "length", 3: "content_filter"}
 

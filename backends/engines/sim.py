@@ -42,6 +42,7 @@ class FailureMode(enum.StrEnum):
     ERROR_AT_START = "error_at_start"
     ERROR_AFTER_TOKENS = "error_after_tokens"
     HANG = "hang"
+    STALL_AFTER_TOKENS = "stall_after_tokens"
     SLOW = "slow"
 
 
@@ -181,8 +182,11 @@ class SimEngine:
         tail = ""
         produced = 0
         while produced < natural and produced < limit:
-            if fault is FailureMode.ERROR_AFTER_TOKENS and produced >= cfg.failure_after_tokens:
-                raise EngineFailed(f"injected failure after {produced} tokens")
+            if produced >= cfg.failure_after_tokens:
+                if fault is FailureMode.ERROR_AFTER_TOKENS:
+                    raise EngineFailed(f"injected failure after {produced} tokens")
+                if fault is FailureMode.STALL_AFTER_TOKENS:
+                    await asyncio.Event().wait()  # alive but silent, until cancelled
             word = words[(offset + produced * 7) % len(words)]
             text = word if produced == 0 else " " + word
             produced += 1

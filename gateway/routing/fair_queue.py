@@ -52,9 +52,13 @@ class FairQueue(Generic[T]):
 
     def forget(self, future: asyncio.Future[T]) -> None:
         """Drop a waiter that gave up (timeout or cancel) so depth stays true."""
-        for tenants in self._classes.values():
-            for waiters in tenants.values():
+        for priority, tenants in self._classes.items():
+            for tenant, waiters in tenants.items():
                 if future in waiters:
                     waiters.remove(future)
                     self._depth -= 1
+                    if not waiters:
+                        del tenants[tenant]
+                        if not tenants:
+                            del self._classes[priority]
                     return
