@@ -127,7 +127,7 @@ async def test_fair_queue_round_robins_tenants_within_priority() -> None:
     futures.append(("vip", queue.push("vip", 5)))
     for resource in range(6):
         assert queue.hand_over(resource)
-    for name, future in sorted(futures, key=lambda nf: nf[1].result()):
+    for name, _future in sorted(futures, key=lambda nf: nf[1].result()):
         order.append(name)
     assert order == ["vip", "a", "b", "c", "a", "a"]
     assert queue.depth == 0 and not queue.hand_over(99)
