@@ -76,6 +76,7 @@ def estimate_prompt_tokens(request: EngineRequest) -> int:
 class _Counters:
     running: int = 0
     waiting: int = 0
+    received: int = 0
     started: int = 0
     aborted: int = 0
 
@@ -98,6 +99,11 @@ class SimEngine:
     def aborted(self) -> int:
         """Requests stopped before they finished (cancelled by the caller)."""
         return self._counters.aborted
+
+    @property
+    def received(self) -> int:
+        """Requests that reached the engine, refused ones included."""
+        return self._counters.received
 
     @property
     def started(self) -> int:
@@ -126,6 +132,7 @@ class SimEngine:
     async def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
         """Wait for a slot, then stream the deterministic answer on schedule."""
         cfg = self.config
+        self._counters.received += 1
         prompt_tokens = estimate_prompt_tokens(request)
         if prompt_tokens + request.max_tokens > cfg.max_context_tokens:
             raise EngineRejectedRequest(
