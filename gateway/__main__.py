@@ -14,6 +14,7 @@ import sys
 
 from gateway.config import ConfigError, load_config
 from gateway.settings import GatewaySettings
+from gateway.tenancy_runtime import check_tenants
 from gateway.worker import run_worker
 
 
@@ -24,16 +25,26 @@ def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
     parser.add_argument("--config")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--log-level")
+    parser.add_argument("--tenants", help="tenant file; without one, no keys and no limits")
+    parser.add_argument("--redis-url", help="Redis for limits and metering (default: in memory)")
+    parser.add_argument("--redis-cluster", action="store_const", const=True)
+    parser.add_argument("--redis-failure", choices=("open", "closed"))
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return GatewaySettings(**given)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``llmgw-gateway`` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("keys", "tenants", "usage"):
+        from gateway.tenancy_cli import main as tenancy_cli
+
+        raise SystemExit(tenancy_cli(args))
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_config(settings.config)
+        check_tenants(settings, config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         raise SystemExit(2) from None

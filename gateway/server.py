@@ -12,16 +12,20 @@ from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService
 from gateway.routing.build import build_registry
 from gateway.routing.retry_budget import RetryPolicy
+from gateway.tenancy_runtime import Tenancy, TenancyOptions, build_tenancy
 from gateway.transport.admin_servicer import AdminServicer
 from gateway.transport.backend_client import GrpcBackendClient
 from gateway.transport.monitor import EndpointMonitor
 from gateway.transport.servicer import ChatServicer, ModelServicer
+from gateway.transport.tenancy import TenancyInterceptor
+from gateway.transport.usage_servicer import UsageServicer
 from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
-from llmgw.v1 import chat_pb2, chat_pb2_grpc
+from llmgw.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 SERVICE_NAMES = tuple(s.full_name for s in chat_pb2.DESCRIPTOR.services_by_name.values())
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+USAGE_SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
 
 
 @dataclass
@@ -33,37 +37,60 @@ class RunningGateway:
     service: ChatCompletionService
     backends: GrpcBackendClient
     monitor: EndpointMonitor
+    tenancy: Tenancy | None = None
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, stop health checks and close the backend channels."""
         await self.server.stop(grace)
+        if self.tenancy is not None:
+            await self.tenancy.close()
         await self.monitor.stop()
         await self.backends.close()
 
 
-async def start_gateway(config: GatewayConfig, address: str = "127.0.0.1:0") -> RunningGateway:
-    """Start a gateway serving ``config`` on ``address`` (port 0 picks one)."""
+async def start_gateway(
+    config: GatewayConfig, address: str = "127.0.0.1:0", tenancy: TenancyOptions | None = None
+) -> RunningGateway:
+    """Start a gateway serving ``config`` on ``address`` (port 0 picks one).
+
+    ``tenancy`` None serves everyone without keys or limits (tests, trusted
+    networks); otherwise API keys, rate limits and metering are enforced.
+    """
     backends = GrpcBackendClient()
     registry = build_registry(config)
     service = ChatCompletionService(registry, backends, resilience_policy(config.resilience))
     monitor = EndpointMonitor(
         (e for r in registry.routes for e in r.pool.endpoints), backends, config.resilience.health
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    tenants = build_tenancy(tenancy, registry, address) if tenancy is not None else None
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=[TenancyInterceptor(tenants.gate)] if tenants is not None else None,
+    )
+    names = (*SERVICE_NAMES, USAGE_SERVICE) if tenants is not None else SERVICE_NAMES
+    if tenants is not None:
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(tenants.gate), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(service), server)
     chat_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(service, int(time.time())), server
     )
-    health = add_health_and_reflection(server, (*SERVICE_NAMES, ADMIN_SERVICE))
+    health = add_health_and_reflection(server, (*names, ADMIN_SERVICE))
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await server.start()
     monitor.start()
-    await mark_serving(health, SERVICE_NAMES)
+    if tenants is not None:
+        tenants.start()
+    await mark_serving(health, names)
     return RunningGateway(
-        server=server, port=port, service=service, backends=backends, monitor=monitor
+        server=server,
+        port=port,
+        service=service,
+        backends=backends,
+        monitor=monitor,
+        tenancy=tenants,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,3 +18,12 @@ class GatewaySettings(BaseSettings):
     config: Path = Path("config/gateway.yaml")
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "INFO"
+    # Tenancy: without a tenant file every caller is served with no key and no limits.
+    tenants: Path | None = Field(default=None, description="Tenant file (keys, limits).")
+    redis_url: str | None = Field(
+        default=None, description="Redis for limits and metering; in memory if unset."
+    )
+    redis_cluster: bool = False
+    redis_failure: Literal["open", "closed"] = Field(
+        default="open", description="When Redis is unreachable: serve (open) or 503 (closed)."
+    )

@@ -13,6 +13,7 @@ import signal
 from gateway.config import GatewayConfig
 from gateway.server import start_gateway
 from gateway.settings import GatewaySettings
+from gateway.tenancy_runtime import tenancy_options
 from grpc_common.runtime import install_event_loop_policy
 
 log = logging.getLogger("llmgw.gateway")
@@ -20,7 +21,7 @@ log = logging.getLogger("llmgw.gateway")
 
 async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
     """Serve until SIGINT or SIGTERM, then drain for up to five seconds."""
-    gateway = await start_gateway(config, settings.listen)
+    gateway = await start_gateway(config, settings.listen, tenancy_options(settings))
     log.info("gateway serving %d models on port %d", len(config.models), gateway.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

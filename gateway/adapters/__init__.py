@@ -1,0 +1,1 @@
+"""Adapters of the domain's ports to outside systems (Redis)."""

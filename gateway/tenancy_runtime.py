@@ -1,0 +1,160 @@
+"""Builds tenancy for one gateway process: tenant file, limiter, meter, stores.
+
+With a Redis URL, limits and metering use Redis (single server or Cluster)
+and hold across every replica; without one, in-memory stores with the same
+interface serve the single-process embedded default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import GatewayConfig
+from gateway.limits.limiter import FailurePolicy, Limiter
+from gateway.limits.memory import InMemoryLimitStore
+from gateway.limits.ports import LimitStore
+from gateway.metering.memory import InMemoryUsageStore
+from gateway.metering.meter import Meter
+from gateway.metering.ports import UsageStore
+from gateway.routing.registry import ModelRegistry
+from gateway.settings import GatewaySettings
+from gateway.tenancy.directory import TenantDirectory
+from gateway.tenancy.gate import TenantGate
+
+log = logging.getLogger("llmgw.gateway.tenancy")
+
+
+@dataclass(frozen=True)
+class TenancyOptions:
+    """How tenancy is set up (from GatewaySettings, or directly in tests)."""
+
+    tenants_file: Path
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    failure_policy: FailurePolicy = FailurePolicy.OPEN
+    lease_s: float = 60.0
+    reload_interval_s: float = 1.0
+    redis_timeout_s: float = 0.25
+    stream_maxlen: int = 1_000_000
+    unavailable_retry_s: float = 1.0
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listen address (``host:port``) is on loopback only."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Tenancy:
+    """The running pieces; ``start`` after the event loop runs, ``close`` on shutdown."""
+
+    gate: TenantGate
+    options: TenancyOptions
+    _client: object | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start lease renewal, the metering writer, the file watcher and SIGHUP reload."""
+        self.gate.limiter.start()
+        self.gate.meter.start()
+        self._tasks.append(
+            asyncio.create_task(self.gate.directory.watch(self.options.reload_interval_s))
+        )
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> bool:
+        """Reload the tenant file now."""
+        return self.gate.directory.reload()
+
+    async def close(self) -> None:
+        """Finish reconciliations, flush metering, close the stores."""
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.gate.drain()
+        await self.gate.limiter.close()
+        await self.gate.meter.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()  # type: ignore[attr-defined]
+
+
+def build_tenancy(options: TenancyOptions, registry: ModelRegistry, listen: str) -> Tenancy:
+    """Load the tenant file (ConfigError if bad) and build the stores."""
+    names = {n for r in registry.routes for n in (r.name, *r.aliases)}
+    directory = TenantDirectory(
+        options.tenants_file,
+        names,
+        lambda name: registry.resolve(name).name,
+        allow_demo=is_loopback(listen),
+    )
+    directory.load()
+    limits: LimitStore
+    usage: UsageStore
+    client = None
+    if options.redis_url:
+        from gateway.adapters.redis_conn import connect
+        from gateway.adapters.redis_limits import RedisLimitStore
+        from gateway.adapters.redis_metering import RedisUsageStore
+
+        client = connect(options.redis_url, options.redis_cluster, options.redis_timeout_s)
+        limits = RedisLimitStore(client, options.redis_timeout_s)
+        usage = RedisUsageStore(client, stream_maxlen=options.stream_maxlen)
+        log.info(
+            "rate limits and metering in Redis%s; if it is unreachable: fail-%s",
+            " Cluster" if options.redis_cluster else "",
+            options.failure_policy.value,
+        )
+    else:
+        limits = InMemoryLimitStore()
+        usage = InMemoryUsageStore()
+        log.info("rate limits and metering in memory (this process only)")
+    limiter = Limiter(
+        limits,
+        options.failure_policy,
+        lease_s=options.lease_s,
+        unavailable_retry_s=options.unavailable_retry_s,
+    )
+    gate = TenantGate(directory, limiter, Meter(usage), registry)
+    return Tenancy(gate, options, client)
+
+
+def tenancy_options(settings: GatewaySettings) -> TenancyOptions | None:
+    """Tenancy from process settings; None when no tenant file is configured."""
+    if settings.tenants is None:
+        log.warning("no tenant file: every caller is served, with no API key and no limits")
+        return None
+    return TenancyOptions(
+        tenants_file=settings.tenants,
+        redis_url=settings.redis_url,
+        redis_cluster=settings.redis_cluster,
+        failure_policy=FailurePolicy(settings.redis_failure),
+    )
+
+
+def check_tenants(settings: GatewaySettings, config: GatewayConfig) -> None:
+    """Validate the tenant file before any process starts; ConfigError if it is bad."""
+    if settings.tenants is None:
+        return
+    names = {n for m in config.models for n in (m.name, *m.aliases)}
+    aliases = {n: m.name for m in config.models for n in (m.name, *m.aliases)}
+    TenantDirectory(
+        settings.tenants, names, aliases.__getitem__, allow_demo=is_loopback(settings.listen)
+    ).load()
