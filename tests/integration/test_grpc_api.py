@@ -236,7 +236,8 @@ async def test_client_cancel_reaches_the_engine() -> None:
         assert engine.active == 1
         call.cancel()
         took = await wait_until(lambda: engine.active == 0, timeout=1.0)
-        assert took < 0.5
+        print(f"cancel reached the engine in {took * 1000:.1f} ms")
+        assert took < 0.5  # generous: shared CI machines; the figure is printed
         assert engine.aborted == 1
     finally:
         await d.gateway.stop(0)

@@ -48,6 +48,15 @@ def test_bad_yaml_is_a_clear_error(tmp_path: Path) -> None:
             "models:\n  - {name: a, endpoints: ['h:1'], default_max_tokens: 10, max_output_tokens: 5}",
             "default_max_tokens cannot exceed",
         ),
+        ("models:\n  - {name: a, endpoints: ['h:1'], fallbacks: [b]}", "unknown model 'b'"),
+        (
+            "models:\n  - {name: a, endpoints: ['h:1'], fallbacks: [a]}",
+            "cannot fall back to itself",
+        ),
+        (
+            "models:\n  - {name: a, endpoints: ['h:1']}\nresilience: {retry: {max_attempts: 0}}",
+            "resilience.retry.max_attempts",
+        ),
     ],
 )
 def test_invalid_config_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
