@@ -19,6 +19,7 @@ from rest_shim.asgi_responses import CompletionResponse, CompletionStreamRespons
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.openai_request import parse_body, to_params
 from rest_shim.settings import ShimSettings
+from rest_shim.usage import router as usage_router
 
 # Headers forwarded to the gateway as gRPC metadata (credentials live there, not here).
 _FORWARDED_HEADERS = ("authorization",)
@@ -154,6 +155,8 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
                 ],
             }
         )
+
+    app.include_router(usage_router)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -65,15 +65,17 @@ class ErrorResponse(Response):
         )
 
 
-# Gateway response metadata copied to HTTP headers (which model and backend served).
+# Gateway response metadata copied to HTTP headers (which model and backend served,
+# and the tenant's rate-limit state: x-ratelimit-limit-requests...).
 _ROUTING_KEYS = frozenset({"x-llmgw-model", "x-llmgw-backend"})
+RATELIMIT_PREFIX = "x-ratelimit-"
 
 
 def _routing_headers(metadata: Any) -> list[tuple[bytes, bytes]]:
     return [
         (key.encode(), value.encode())
         for key, value in (metadata or ())
-        if key in _ROUTING_KEYS and isinstance(value, str)
+        if (key in _ROUTING_KEYS or key.startswith(RATELIMIT_PREFIX)) and isinstance(value, str)
     ]
 
 

@@ -26,6 +26,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: float | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -34,6 +35,7 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+        self.extra_headers = extra_headers or {}
 
     def body(self) -> bytes:
         """``{"error": {"message", "type", "param", "code"}}``."""
@@ -49,10 +51,11 @@ class ApiError(Exception):
         )
 
     def headers(self) -> dict[str, str]:
-        """Retry-After (whole seconds, rounded up) when the gateway sent RetryInfo."""
+        """Retry-After (whole seconds, rounded up) when the gateway sent RetryInfo,
+        and the gateway's x-ratelimit-* headers."""
         if self.retry_after_s is None:
-            return {}
-        return {"retry-after": str(max(1, math.ceil(self.retry_after_s)))}
+            return dict(self.extra_headers)
+        return {**self.extra_headers, "retry-after": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 # gRPC code -> (HTTP status, OpenAI error type). The only such table.
@@ -87,7 +90,12 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> ApiError:
         message = parsed.message or "The server had an error while processing your request."
     param = parsed.field_violations[0].field if parsed.field_violations else None
     code = parsed.reason if parsed.reason not in _GENERIC_REASONS else None
-    return ApiError(status, message, error_type, param, code, parsed.retry_after_s)
+    limits = {
+        key: value
+        for key, value in error.trailing_metadata() or ()
+        if key.startswith("x-ratelimit-") and isinstance(value, str)
+    }
+    return ApiError(status, message, error_type, param, code, parsed.retry_after_s, limits)
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
