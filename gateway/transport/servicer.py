@@ -11,6 +11,7 @@ import grpc
 from gateway.domain.chat import Finished, Routed
 from gateway.domain.errors import GatewayError
 from gateway.domain.service import ChatCompletionService
+from gateway.tenancy.gate import caller
 from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
 from gateway.transport.status import to_status
 from grpc_common.status import ErrorDetails, build_status
@@ -45,7 +46,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     ) -> pb.CreateChatCompletionResponse:
         """Generate the whole completion, then answer once."""
         try:
-            completion = self._service.admit(to_chat_request(request.params))
+            completion = self._service.admit(to_chat_request(request.params), *caller())
             result = await self._service.complete(completion)
             await context.send_initial_metadata(routing_metadata(result.routed))
         except GatewayError as error:
@@ -71,7 +72,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         Response = pb.StreamChatCompletionResponse
         ContentDelta = pb.ContentDelta
         try:
-            completion = self._service.admit(to_chat_request(request.params))
+            completion = self._service.admit(to_chat_request(request.params), *caller())
             async with aclosing(self._service.stream(completion)) as events:
                 async for event in events:
                     if type(event) is str:
