@@ -1,4 +1,9 @@
-"""Run a sidecar: ``python -m backends --engine sim --listen 127.0.0.1:50061``."""
+"""Run a sidecar: ``python -m backends --engine sim --listen 127.0.0.1:50061``.
+
+With ``--engine vllm --vllm-url http://127.0.0.1:8000`` it fronts a vLLM
+OpenAI-compatible server; it starts before vLLM is ready and reports
+NOT_SERVING on grpc.health.v1 until vLLM's /health answers.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 import orjson
+from pydantic import ValidationError
 
+from backends.engine import Engine
 from backends.engines.sim import SimConfig, SimEngine
+from backends.engines.vllm import VllmConfig, VllmEngine
 from backends.server import start_sidecar
 from grpc_common.runtime import install_event_loop_policy
 
@@ -17,23 +26,54 @@ from grpc_common.runtime import install_event_loop_policy
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; sim settings also come as one JSON object."""
     parser = argparse.ArgumentParser(prog="llmgw-sidecar", description=__doc__)
-    parser.add_argument("--engine", choices=["sim"], default="sim")
+    parser.add_argument("--engine", choices=["sim", "vllm"], default="sim")
     parser.add_argument("--listen", default="127.0.0.1:50061")
-    parser.add_argument("--model", default="sim", help="model name the engine serves")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name the engine serves (vllm: its --served-model-name; "
+        "learnt from vLLM's /v1/models when omitted)",
+    )
     parser.add_argument(
         "--sim-config",
         default="{}",
         help='simulator settings as JSON, e.g. \'{"ttft_ms": 50, "itl_ms": 10}\'',
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--vllm-url", help="vLLM's HTTP server, e.g. http://127.0.0.1:8000")
+    parser.add_argument(
+        "--vllm-capacity", type=int, default=256, help="vLLM's --max-num-seqs, for GetLoad"
+    )
+    args = parser.parse_args(argv)
+    if args.engine == "vllm" and not args.vllm_url:
+        parser.error("--engine vllm needs --vllm-url")
+    return args
 
 
-async def serve(args: argparse.Namespace) -> None:
+def build_engine(args: argparse.Namespace) -> Engine:
+    """The engine the options name; raise ValueError with a readable message if invalid."""
+    try:
+        if args.engine == "vllm":
+            return VllmEngine(
+                VllmConfig(url=args.vllm_url, served_model=args.model, capacity=args.vllm_capacity)
+            )
+        return SimEngine(SimConfig.model_validate(orjson.loads(args.sim_config)))
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"--sim-config is not valid JSON: {error}") from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()
+        )
+        raise ValueError(f"invalid {args.engine} engine settings: {problems}") from None
+
+
+async def serve(args: argparse.Namespace, engine: Engine) -> None:
     """Serve until SIGINT or SIGTERM."""
-    engine = SimEngine(SimConfig.model_validate(orjson.loads(args.sim_config)))
     sidecar = await start_sidecar(engine, args.listen)
     logging.getLogger("llmgw.sidecar").info(
-        "sidecar serving model %s with engine %s on port %d", args.model, args.engine, sidecar.port
+        "sidecar serving model %s with engine %s on port %d",
+        args.model or "(from engine)",
+        args.engine,
+        sidecar.port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -46,8 +86,15 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``llmgw-sidecar`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # httpx logs every request at INFO: one line per health poll and per generation.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    try:
+        engine = build_engine(args)
+    except ValueError as error:
+        sys.exit(f"llmgw-sidecar: {error}")
     install_event_loop_policy()
-    asyncio.run(serve(parse_args(argv)))
+    asyncio.run(serve(args, engine))
 
 
 if __name__ == "__main__":

@@ -108,6 +108,10 @@ class Engine(Protocol):
         """Report current load without blocking."""
         ...
 
+    def ready(self) -> bool:
+        """Whether the engine can serve now (the sidecar's health), without blocking."""
+        ...
+
     async def start(self) -> None:
         """Acquire resources (connections, background tasks)."""
         ...

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from backends.engine import Engine
 from backends.servicer import BackendServicer
-from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
+from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection
 from llmgw.backend.v1 import backend_pb2, backend_pb2_grpc
 
 SERVICE_NAME = backend_pb2.DESCRIPTOR.services_by_name["BackendService"].full_name
+
+# How often the engine's readiness is copied into grpc.health.v1. The engine
+# answers ready() from state it keeps itself, so this is cheap.
+HEALTH_POLL_S = 0.25
+
+log = logging.getLogger("llmgw.sidecar")
 
 
 @dataclass
@@ -21,22 +31,60 @@ class RunningSidecar:
     server: grpc.aio.Server
     port: int
     engine: Engine
+    health: health.aio.HealthServicer
+    health_task: asyncio.Task[None]
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving, then release the engine."""
+        """Say NOT_SERVING, stop serving, then release the engine."""
+        self.health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.health_task
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.engine.close()
 
 
+async def _set_health(servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await servicer.set(name, status)
+
+
+async def _follow_engine_health(engine: Engine, servicer: health.aio.HealthServicer) -> None:
+    """Mirror engine.ready() into grpc.health.v1 (NOT_SERVING while a backend loads or is down)."""
+    serving = engine.ready()
+    await _set_health(servicer, serving)
+    while True:
+        await asyncio.sleep(HEALTH_POLL_S)
+        now = engine.ready()
+        if now != serving:
+            serving = now
+            log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
+            await _set_health(servicer, serving)
+
+
 async def start_sidecar(engine: Engine, address: str = "127.0.0.1:0") -> RunningSidecar:
-    """Start serving ``engine`` on ``address`` (port 0 picks a free port)."""
+    """Start serving ``engine`` on ``address`` (port 0 picks a free port).
+
+    Health starts as the engine's readiness and follows it: an engine whose
+    backend is still loading is served (so GetLoad and health answer) but
+    reported NOT_SERVING until it is ready.
+    """
     server = grpc.aio.server(options=SERVER_OPTIONS)
     backend_pb2_grpc.add_BackendServiceServicer_to_server(BackendServicer(engine), server)
-    health = add_health_and_reflection(server, [SERVICE_NAME])
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await engine.start()
     await server.start()
-    await mark_serving(health, [SERVICE_NAME])
-    return RunningSidecar(server=server, port=port, engine=engine)
+    # Set once before returning, so a ready engine is SERVING from the first check.
+    await _set_health(health_servicer, engine.ready())
+    task = asyncio.create_task(_follow_engine_health(engine, health_servicer), name="health")
+    return RunningSidecar(
+        server=server, port=port, engine=engine, health=health_servicer, health_task=task
+    )

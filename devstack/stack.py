@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,10 +15,58 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of a stack: a Python module run with some interpreter."""
+
+    name: str
+    args: Sequence[str]
+    python: str = sys.executable  # another virtualenv's interpreter for, say, vLLM
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class ModelPlan(Protocol):
+    """A model of a stack: what the gateway routes to and the processes behind it."""
+
+    @property
+    def name(self) -> str:
+        """The model's name in the gateway."""
+        ...
+
+    @property
+    def alias(self) -> str:
+        """Its one alias."""
+        ...
+
+    @property
+    def port(self) -> int:
+        """Its sidecar's gRPC port."""
+        ...
+
+    @property
+    def default_max_tokens(self) -> int:
+        """max_tokens when a request sets none."""
+        ...
+
+    @property
+    def max_output_tokens(self) -> int:
+        """Largest max_tokens a request may ask for."""
+        ...
+
+    def processes(self, host: str) -> list[ProcessSpec]:
+        """What to start for this model, in order."""
+        ...
+
+    def ready_targets(self, host: str) -> dict[str, str]:
+        """Name -> health target (``host:port`` for grpc.health.v1, or an http URL)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -31,12 +80,36 @@ class SimModel:
     default_max_tokens: int = 256
     max_output_tokens: int = 4096
 
+    def processes(self, host: str) -> list[ProcessSpec]:
+        """One sidecar on the sim engine."""
+        return [
+            ProcessSpec(
+                f"sidecar-{self.name}",
+                [
+                    "-m",
+                    "backends",
+                    "--engine",
+                    "sim",
+                    "--model",
+                    self.name,
+                    "--listen",
+                    f"{host}:{self.port}",
+                    "--sim-config",
+                    json.dumps(dict(self.sim)),
+                ],
+            )
+        ]
+
+    def ready_targets(self, host: str) -> dict[str, str]:
+        """The sidecar's grpc.health.v1."""
+        return {f"sidecar {self.name}": f"{host}:{self.port}"}
+
 
 @dataclass
 class StackPlan:
     """Ports and models of a local stack."""
 
-    models: Sequence[SimModel]
+    models: Sequence[ModelPlan]
     grpc_port: int = 50051
     rest_port: int = 8080
     host: str = "127.0.0.1"
@@ -69,11 +142,17 @@ class Stack:
         self._dir = Path(tempfile.mkdtemp(prefix="llmgw-stack-"))
         self.log_dir = log_dir or self._dir
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
-        env = {**os.environ, **self.plan.extra_env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.plan.extra_env, **(env or {}), "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(
-            [sys.executable, *args],
+            [python, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -85,11 +164,8 @@ class Stack:
         """Spawn sidecars, gateway and shim (not waiting for readiness)."""
         plan = self.plan
         for m in plan.models:
-            self._spawn(
-                f"sidecar-{m.name}",
-                ["-m", "backends", "--engine", "sim", "--model", m.name,
-                 "--listen", f"{plan.host}:{m.port}", "--sim-config", json.dumps(dict(m.sim))],
-            )  # fmt: skip
+            for spec in m.processes(plan.host):
+                self._spawn(spec.name, spec.args, spec.python, spec.env)
         config = self._dir / "gateway.yaml"
         config.write_text(yaml.safe_dump(plan.gateway_config()))
         self._spawn(
@@ -104,23 +180,37 @@ class Stack:
              "--log-level", "warning"],
         )  # fmt: skip
 
-    def wait_ready(self, timeout_s: float = 60.0, progress: bool = False) -> None:
-        """Block until every part answers its health check; raise if one dies or time runs out."""
+    def wait_ready(
+        self, timeout_s: float = 60.0, progress: bool = False, still_waiting_every_s: float = 0
+    ) -> None:
+        """Block until every part answers its health check; raise if one dies or time runs out.
+
+        With ``progress``, print each part as it becomes ready and, every
+        ``still_waiting_every_s`` seconds (0: never), what is still pending.
+        """
         plan = self.plan
-        pending = {f"sidecar {m.name}": f"{plan.host}:{m.port}" for m in plan.models}
+        pending: dict[str, str] = {}
+        for m in plan.models:
+            pending.update(m.ready_targets(plan.host))
         pending["gateway"] = f"{plan.host}:{plan.grpc_port}"
         pending["shim"] = f"http://{plan.host}:{plan.rest_port}/readyz"
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
+        next_report = start + still_waiting_every_s
         while pending:
             self._check_alive()
             for name, target in list(pending.items()):
                 if _is_ready(target):
                     del pending[name]
                     if progress:
-                        print(f"  ready: {name}", flush=True)
-            if time.monotonic() > deadline:
+                        print(f"  ready: {name} ({time.monotonic() - start:.0f}s)", flush=True)
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"not ready after {timeout_s:.0f}s: {', '.join(pending)}")
-            time.sleep(0.1)
+            if progress and still_waiting_every_s and pending and now >= next_report:
+                print(f"  waiting for {', '.join(pending)} ({now - start:.0f}s)", flush=True)
+                next_report = now + still_waiting_every_s
+            time.sleep(0.1 if still_waiting_every_s == 0 else 0.5)
 
     def _check_alive(self) -> None:
         for name, process in self.processes:
@@ -128,22 +218,43 @@ class Stack:
                 log = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} exited with code {process.returncode}:\n{log}")
 
-    def stop(self) -> None:
-        """SIGTERM everything (shim first), then SIGKILL whatever lingers."""
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM everything (shim first), then SIGKILL whatever lingers.
+
+        Signals go to each part's process group, also when its leader has
+        already exited: a part's own children (vLLM's engine process) must not
+        outlive it.
+        """
         for _, process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
         for _, process in self.processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
+        for _, process in self.processes:
+            _signal_group(process, signal.SIGKILL)  # orphans of parts that exited early
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one part and its children at once, as a crash would (failure drills)."""
+        for part, process in self.processes:
+            if part == name:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+                return
+        raise KeyError(f"no part named {name!r}; parts: {', '.join(self.pids())}")
 
     def pids(self) -> dict[str, int]:
         """Process id of each part, by name."""
         return {name: p.pid for name, p in self.processes}
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # start_new_session made each part a group leader; no such group: all of it is gone.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
 
 
 def _is_ready(target: str) -> bool:

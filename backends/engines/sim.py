@@ -117,6 +117,10 @@ class SimEngine:
             running=c.running, waiting=c.waiting, capacity=self.config.max_concurrency
         )
 
+    def ready(self) -> bool:
+        """Always ready: nothing to load."""
+        return True
+
     async def start(self) -> None:
         """Nothing to acquire."""
 

@@ -1,0 +1,148 @@
+"""An engine that forwards to a vLLM OpenAI-compatible server next to the sidecar.
+
+Each generation is one streamed ``POST /v1/chat/completions`` on a shared
+keep-alive connection pool. Closing the generator (the gateway cancelled)
+closes the HTTP response, hence its connection; vLLM notices the disconnect
+and aborts the request, freeing its slot and KV cache. Health and load come
+from vLLM's own ``/health`` and ``/metrics``, polled in the background
+(``vllm_monitor``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backends.engine import (
+    Delta,
+    EngineFailed,
+    EngineRequest,
+    EngineUnavailable,
+    Finished,
+    LoadReport,
+)
+from backends.engines.vllm_monitor import VllmMonitor
+from backends.engines.vllm_protocol import StreamParser, chat_body, error_from_response
+
+log = logging.getLogger("llmgw.sidecar.vllm")
+
+_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+
+
+class VllmConfig(BaseModel):
+    """Where vLLM is and how to talk to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="Base URL of vLLM's HTTP server, e.g. http://127.0.0.1:8000.")
+    served_model: str | None = Field(
+        default=None, description="vLLM's --served-model-name; learnt from /v1/models if unset."
+    )
+    capacity: int = Field(default=256, ge=1, description="vLLM's --max-num-seqs, for GetLoad.")
+    max_connections: int = Field(default=1024, ge=1, description="Keep-alive pool size.")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Longest silence between two chunks before the request is failed: a long
+    # prompt's prefill on a CPU can take a while, a wedged vLLM must not hang us.
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0, description="/health and /metrics period.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"vLLM url must start with http:// or https://, not {url!r}")
+        return url.rstrip("/")
+
+
+class VllmEngine:
+    """Engine over a vLLM HTTP server (see the module docstring)."""
+
+    def __init__(self, config: VllmConfig) -> None:
+        self.config = config
+        self._client: httpx.AsyncClient | None = None
+        self._monitor_client: httpx.AsyncClient | None = None
+        self._monitor: VllmMonitor | None = None
+
+    async def start(self) -> None:
+        """Open the connection pools and start watching vLLM (it may still be loading)."""
+        cfg = self.config
+        self._client = httpx.AsyncClient(
+            base_url=cfg.url,
+            limits=httpx.Limits(
+                max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections
+            ),
+            timeout=httpx.Timeout(cfg.idle_timeout_s, connect=cfg.connect_timeout_s),
+        )
+        # Its own small pool: health checks must not queue behind busy streams,
+        # or a loaded vLLM would look dead.
+        self._monitor_client = httpx.AsyncClient(
+            base_url=cfg.url, timeout=httpx.Timeout(2.0), limits=httpx.Limits(max_connections=2)
+        )
+        self._monitor = VllmMonitor(self._monitor_client, cfg.served_model, cfg.poll_interval_s)
+        self._monitor.start()
+
+    async def close(self) -> None:
+        """Stop watching and close every connection (open streams are aborted)."""
+        if self._monitor is not None:
+            await self._monitor.stop()
+        for client in (self._client, self._monitor_client):
+            if client is not None:
+                await client.aclose()
+
+    def ready(self) -> bool:
+        """True while vLLM's /health answers 200 and its model is known."""
+        return self._monitor is not None and self._monitor.ready
+
+    def load(self) -> LoadReport:
+        """Last load scraped from vLLM's /metrics."""
+        load = self._monitor.load if self._monitor is not None else None
+        if load is None:
+            return LoadReport(running=0, waiting=0, capacity=self.config.capacity)
+        return LoadReport(
+            running=load.running,
+            waiting=load.waiting,
+            capacity=self.config.capacity,
+            kv_cache_usage=load.kv_cache_usage,
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
+        """Stream vLLM's answer; closing this generator aborts the request in vLLM."""
+        client, monitor = self._client, self._monitor
+        if client is None or monitor is None:
+            raise EngineUnavailable("the vLLM engine is not started")
+        model = monitor.served_model
+        if model is None:
+            raise EngineUnavailable("vLLM is not ready yet (still loading or unreachable)")
+        body = chat_body(request, model)
+        parser = StreamParser()
+        try:
+            # Leaving this block for any reason, including GeneratorExit or
+            # CancelledError at a yield, closes the response and its connection:
+            # that disconnect is what makes vLLM abort the request.
+            async with client.stream(
+                "POST", "/v1/chat/completions", content=body, headers=_HEADERS
+            ) as response:
+                if response.status_code != 200:
+                    raise error_from_response(response.status_code, await response.aread())
+                buffer = b""
+                async for data in response.aiter_bytes():
+                    buffer += data
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.startswith(b"data: "):
+                            delta = parser.feed(line[6:].rstrip(b"\r"))
+                            if delta is not None:
+                                yield delta
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            raise EngineUnavailable(
+                f"vLLM at {self.config.url} is unreachable: {error!r}"
+            ) from None
+        except httpx.TimeoutException:
+            raise EngineFailed(f"vLLM sent nothing for {self.config.idle_timeout_s:.0f}s") from None
+        except httpx.HTTPError as error:
+            # The connection broke mid-answer (vLLM died or restarted).
+            raise EngineFailed(f"vLLM's stream broke: {error!r}") from None
+        yield parser.finished()

@@ -1,0 +1,186 @@
+"""Run the gateway on two real vLLM models: ``python -m devstack.vllm`` (``make run-vllm``).
+
+Two vLLM OpenAI servers (SmolLM2-135M-Instruct and Gemma 3 270M, CPU), one
+sidecar each on the vLLM engine, the gateway and the REST shim. The vLLM
+virtualenv and the model folders come from ``make vllm models``
+(scripts/install_vllm.sh, scripts/build_models.py). Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from devstack.__main__ import usage_text
+from devstack.stack import ProcessSpec, Stack, StackPlan
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VENV = ROOT / ".cache" / "vllm-venv"
+DEFAULT_MODELS = ROOT / ".cache" / "models"
+# vLLM's torch.compile artefacts: kept between runs, they cut a restart's
+# warm-up from minutes to seconds.
+DEFAULT_COMPILE_CACHE = ROOT / ".cache" / "vllm-compile"
+
+# (folder and served name, alias) of the models scripts/build_models.py builds.
+MODELS = (("smollm2-135m-instruct", "smollm2"), ("gemma3-270m", "gemma3"))
+
+
+@dataclass(frozen=True)
+class VllmModel:
+    """A model served by a vLLM OpenAI server with a vLLM-engine sidecar in front."""
+
+    name: str
+    alias: str
+    port: int  # the sidecar's gRPC port
+    vllm_port: int
+    model_dir: Path
+    python: str  # the vLLM virtualenv's interpreter
+    compile_cache: Path
+    cpu: int | None = None  # core for vLLM's compute threads; None: vLLM decides
+    max_model_len: int = 2048
+    max_num_seqs: int = 128
+    kv_cache_gib: float = 1.0
+    default_max_tokens: int = 256
+    max_output_tokens: int = 1024
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def processes(self, host: str) -> list[ProcessSpec]:
+        """The vLLM server, then its sidecar (which waits for it, NOT_SERVING meanwhile)."""
+        env = {
+            "HF_HUB_OFFLINE": "1",  # never reach for a hub: the folder has everything
+            "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
+            "VLLM_CACHE_ROOT": str(self.compile_cache),
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        }
+        if self.cpu is not None:
+            # Two servers left to "auto" both bind to core 0 and halve each other.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str(self.cpu)
+        vllm = ProcessSpec(
+            f"vllm-{self.name}",
+            ["-m", "vllm.entrypoints.openai.api_server",
+             "--model", str(self.model_dir), "--served-model-name", self.name,
+             "--host", host, "--port", str(self.vllm_port),
+             "--max-model-len", str(self.max_model_len),
+             "--max-num-seqs", str(self.max_num_seqs),
+             "--dtype", "bfloat16", "--disable-uvicorn-access-log", *self.extra_args],
+            python=self.python,
+            env=env,
+        )  # fmt: skip
+        sidecar = ProcessSpec(
+            f"sidecar-{self.name}",
+            ["-m", "backends", "--engine", "vllm", "--model", self.name,
+             "--vllm-url", f"http://{host}:{self.vllm_port}",
+             "--vllm-capacity", str(self.max_num_seqs), "--listen", f"{host}:{self.port}"],
+        )  # fmt: skip
+        return [vllm, sidecar]
+
+    def ready_targets(self, host: str) -> dict[str, str]:
+        """vLLM's /health, then the sidecar (SERVING only once vLLM is)."""
+        return {
+            f"vllm {self.name}": f"http://{host}:{self.vllm_port}/health",
+            f"sidecar {self.name}": f"{host}:{self.port}",
+        }
+
+
+def vllm_plan(
+    rest_port: int = 8080,
+    grpc_port: int = 50051,
+    sidecar_ports: tuple[int, int] = (50061, 50062),
+    vllm_ports: tuple[int, int] = (8101, 8102),
+    venv: Path = DEFAULT_VENV,
+    models_dir: Path = DEFAULT_MODELS,
+    compile_cache: Path = DEFAULT_COMPILE_CACHE,
+) -> StackPlan:
+    """Both models, each vLLM bound to its own core where there are two."""
+    cores = os.cpu_count() or 1
+    models = [
+        VllmModel(
+            name=name,
+            alias=alias,
+            port=sidecar_ports[i],
+            vllm_port=vllm_ports[i],
+            model_dir=models_dir / name,
+            python=str(venv / "bin" / "python"),
+            compile_cache=compile_cache,
+            cpu=i % cores if cores > 1 else None,
+        )
+        for i, (name, alias) in enumerate(MODELS)
+    ]
+    return StackPlan(models=models, grpc_port=grpc_port, rest_port=rest_port)
+
+
+def missing_parts(plan: StackPlan) -> list[str]:
+    """What ``make vllm models`` has not built yet (empty when all is there)."""
+    missing = []
+    for m in plan.models:
+        assert isinstance(m, VllmModel)
+        if not Path(m.python).exists():
+            missing.append(f"vLLM virtualenv ({m.python}): run `make vllm`")
+        if not (m.model_dir / "llmgw-model.json").exists():
+            missing.append(f"model folder {m.model_dir}: run `make models`")
+    return sorted(set(missing))
+
+
+def _ports(text: str) -> tuple[int, int]:
+    a, b = (int(p) for p in text.split(","))
+    return a, b
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``make run-vllm``."""
+    parser = argparse.ArgumentParser(prog="python -m devstack.vllm", description=__doc__)
+    parser.add_argument("--rest-port", type=int, default=8080)
+    parser.add_argument("--grpc-port", type=int, default=50051)
+    parser.add_argument("--sidecar-ports", type=_ports, default=(50061, 50062))
+    parser.add_argument("--vllm-ports", type=_ports, default=(8101, 8102))
+    parser.add_argument("--vllm-venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS)
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds to wait for everything to be ready"
+    )
+    args = parser.parse_args(argv)
+    plan = vllm_plan(
+        args.rest_port, args.grpc_port, args.sidecar_ports, args.vllm_ports,
+        args.vllm_venv, args.models_dir,
+    )  # fmt: skip
+    missing = missing_parts(plan)
+    if missing:
+        sys.exit("cannot start, missing:\n  " + "\n  ".join(missing))
+    stack = Stack(plan)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    print(
+        f"starting llmgw on vLLM (CPU): {', '.join(m.name for m in plan.models)}; "
+        "the first start compiles for a few minutes, later ones reuse the cache...",
+        flush=True,
+    )
+    started = time.monotonic()
+    try:
+        stack.start()
+        stack.wait_ready(timeout_s=args.timeout, progress=True, still_waiting_every_s=15)
+        print(f"ready in {time.monotonic() - started:.0f}s", flush=True)
+        print(usage_text(plan).replace("{log_dir}", str(stack.log_dir)), flush=True)
+        while True:
+            time.sleep(1)
+            stack._check_alive()
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    except (RuntimeError, TimeoutError) as error:
+        print(f"\nerror: {error}\nlogs: {stack.log_dir}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
