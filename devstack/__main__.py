@@ -1,8 +1,9 @@
 """Run the whole gateway locally on the sim engine: ``python -m devstack``.
 
 Two sidecars (a small and a large model), the gateway on 127.0.0.1:50051
-and the OpenAI REST shim on 127.0.0.1:8080. No Docker, no Redis. Ctrl-C
-stops everything.
+and the OpenAI REST shim on 127.0.0.1:8080. No Docker, no Redis: limits
+and metering are in memory, with the demo tenant (DEMO_KEY, loopback only).
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pathlib import Path
 from types import FrameType
 
 from devstack.stack import SimModel, Stack, StackPlan
+
+# DEMO ONLY: a tenant whose key is published, served only on loopback.
+DEMO_TENANTS = Path(__file__).with_name("demo_tenants.yaml")
+DEMO_KEY = "llmgw_00000000de30_demo-only-not-a-secret-local-use"
 
 # Latencies of the demo: a fast small model and a slower large one.
 SMALL = {"ttft_ms": 40, "itl_ms": 8, "output_tokens": 48, "max_concurrency": 64}
@@ -45,21 +50,23 @@ def usage_text(plan: StackPlan) -> str:
     return f"""
 llmgw is running: REST {rest}  gRPC {grpc_addr}  models: {", ".join(m.name for m in plan.models)}
 
+DEMO key (demo only, loopback only; see devstack/demo_tenants.yaml): {DEMO_KEY}
+
 curl:
-  curl {rest}/v1/chat/completions -H 'content-type: application/json' \\
+  curl {rest}/v1/chat/completions -H 'content-type: application/json' -H 'authorization: Bearer {DEMO_KEY}' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}]}}'
-  curl -N {rest}/v1/chat/completions -H 'content-type: application/json' \\
+  curl -N {rest}/v1/chat/completions -H 'content-type: application/json' -H 'authorization: Bearer {DEMO_KEY}' \\
     -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Say hello"}}]}}'
 
 OpenAI SDK (Python):
   from openai import OpenAI
-  client = OpenAI(base_url="{rest}/v1", api_key="unused")
+  client = OpenAI(base_url="{rest}/v1", api_key="{DEMO_KEY}")
   print(client.chat.completions.create(model="{model}",
         messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)
 
 grpcurl (server reflection is on):
   {grpcurl} -plaintext {grpc_addr} list
-  {grpcurl} -plaintext -d '{{"params": {{"model": "{model}", "messages": [{{"role": "ROLE_USER", "content": "Say hello"}}]}}}}' \\
+  {grpcurl} -plaintext -H 'authorization: Bearer {DEMO_KEY}' -d '{{"params": {{"model": "{model}", "messages": [{{"role": "ROLE_USER", "content": "Say hello"}}]}}}}' \\
     {grpc_addr} llmgw.v1.ChatService/StreamChatCompletion
 
 Logs: {{log_dir}}   Ctrl-C stops everything.
@@ -81,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = default_plan(args.rest_port, args.grpc_port, (small, large))
     plan.gateway_workers = args.gateway_workers
     plan.shim_workers = args.shim_workers
+    plan.extra_env["LLMGW_GATEWAY_TENANTS"] = str(DEMO_TENANTS)
     stack = Stack(plan)
 
     def _stop(signum: int, frame: FrameType | None) -> None:

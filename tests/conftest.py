@@ -15,6 +15,7 @@ from backends.engines.sim import SimConfig, SimEngine
 from backends.server import RunningSidecar, start_sidecar
 from gateway.config import GatewayConfig
 from gateway.server import RunningGateway, start_gateway
+from gateway.tenancy_runtime import TenancyOptions
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from rest_shim.app import create_app
@@ -70,7 +71,11 @@ class Deployment:
         return pb_grpc.ModelServiceStub(self.channel)
 
 
-async def deploy(sims: dict[str, SimConfig], extra: Sequence[dict[str, object]] = ()) -> Deployment:
+async def deploy(
+    sims: dict[str, SimConfig],
+    extra: Sequence[dict[str, object]] = (),
+    tenancy: TenancyOptions | None = None,
+) -> Deployment:
     engines: dict[str, SimEngine] = {}
     sidecars: list[RunningSidecar] = []
     models: list[dict[str, object]] = []
@@ -89,7 +94,7 @@ async def deploy(sims: dict[str, SimConfig], extra: Sequence[dict[str, object]] 
             }
         )
     models.extend(extra)
-    gateway = await start_gateway(GatewayConfig.model_validate({"models": models}))
+    gateway = await start_gateway(GatewayConfig.model_validate({"models": models}), tenancy=tenancy)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
     return Deployment(engines, sidecars, gateway, channel)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -45,9 +46,19 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
         text = "".join(banner)
         assert "llmgw is running" in text, text
         assert "grpcurl -plaintext" in text and "OpenAI(base_url=" in text
+        # The demo key is printed, marked demo only, and is the one the examples use.
+        found = re.search(r"DEMO key \(demo only.*\): (llmgw_[0-9a-f]{12}_\S+)", text)
+        assert found, text
+        demo_key = found.group(1)
+        assert f'api_key="{demo_key}"' in text and f"Bearer {demo_key}" in text
 
+        anonymous = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{rest}/v1", api_key="not-a-key", max_retries=0
+        )
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.models.list()
         client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{rest}/v1", api_key="unused", max_retries=0
+            base_url=f"http://127.0.0.1:{rest}/v1", api_key=demo_key, max_retries=0
         )
         assert {m.id for m in client.models.list().data} == {"sim-small-1b", "sim-large-70b"}
         for model in ("sim-small-1b", "large"):
