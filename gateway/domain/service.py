@@ -22,6 +22,7 @@ from gateway.domain.errors import (
     GatewayError,
     InvalidRequest,
 )
+from gateway.domain.observer import CompletionObserver, NullObserver
 from gateway.domain.ports import BackendPort
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
@@ -84,8 +85,11 @@ class ChatCompletionService:
         monotonic: Callable[[], float] = time.monotonic,
         new_id: Callable[[], str] = new_completion_id,
         rng: random.Random | None = None,
+        observer: CompletionObserver | None = None,
     ) -> None:
         self._registry = registry
+        self._observer: CompletionObserver = observer or NullObserver()
+        self._monotonic = monotonic
         self._backends = backends
         self._policy = policy or ResiliencePolicy()
         self._clock = clock
@@ -116,6 +120,36 @@ class ChatCompletionService:
         )
 
     async def stream(self, completion: Completion) -> AsyncGenerator[Routed | StreamEvent, None]:
+        """Yield one Routed, then text deltas, then exactly one Finished
+        (see _route_and_stream); report the request to the observer."""
+        observer = self._observer
+        began = self._monotonic()
+        observer.started(completion.model)
+        outcome, prompt_tokens, completion_tokens = "cancelled", 0, 0
+        try:
+            async with aclosing(self._route_and_stream(completion, began)) as events:
+                async for event in events:
+                    if type(event) is Finished:
+                        outcome = "ok"
+                        prompt_tokens = event.usage.prompt_tokens
+                        completion_tokens = event.usage.completion_tokens
+                    yield event
+        except GatewayError as error:
+            outcome = error.reason
+            raise
+        finally:
+            observer.finished(
+                completion.model,
+                completion.tenant,
+                outcome,
+                prompt_tokens,
+                completion_tokens,
+                self._monotonic() - began,
+            )
+
+    async def _route_and_stream(
+        self, completion: Completion, began: float
+    ) -> AsyncGenerator[Routed | StreamEvent, None]:
         """Yield one Routed, then text deltas, then exactly one Finished.
 
         Before the first token, a failed attempt is retried on another
@@ -130,10 +164,14 @@ class ChatCompletionService:
         self._budget.on_request()
         attempts = 0
         error: GatewayError = BackendUnavailable("No backend is available for this model.")
+        previous: ModelRoute | None = None
         for route in self._registry.chain(completion.route):
             generation = self._generation_for(completion, route)
             if generation is None:
                 continue  # this fallback cannot serve the request's max_tokens
+            if previous is not None:
+                self._observer.fell_back(previous.name, route.name)
+            previous = route
             tried: set[Endpoint] = set()
             while attempts < policy.retry.max_attempts:
                 try:
@@ -162,10 +200,12 @@ class ChatCompletionService:
                         route.pool.release(endpoint)
                         endpoint.breaker.release_probe()
                         raise error
+                    self._observer.retried(route.name)
                     await asyncio.sleep(self._backoff(attempts))
                 attempts += 1
                 try:
-                    async with aclosing(self._attempt(route, endpoint, generation)) as events:
+                    attempt = self._attempt(route, endpoint, generation, began)
+                    async with aclosing(attempt) as events:
                         async for event in events:
                             yield event
                     return
@@ -188,13 +228,15 @@ class ChatCompletionService:
         return self._rng.uniform(0, ceiling)  # full jitter: retries do not arrive in step
 
     async def _attempt(
-        self, route: ModelRoute, endpoint: Endpoint, generation: Generation
+        self, route: ModelRoute, endpoint: Endpoint, generation: Generation, began: float
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
         """One backend call. Raises _FailedBeforeFirstToken when it may be retried."""
         policy = self._policy
         breaker = endpoint.breaker
+        observer, now, model = self._observer, self._monotonic, route.name
         verdict = False
         try:
+            called = now()
             events = self._backends.generate(endpoint.address, generation)
             async with aclosing(batched(events)) as batches:
                 error: GatewayError
@@ -218,8 +260,16 @@ class ChatCompletionService:
                     raise error
                 verdict = True
                 breaker.record_success()
+                last = now()
+                observer.first_token(model, last - began, called - began)
                 yield Routed(route.name, endpoint.address)
+                first = True
                 while batch is not None:
+                    if not first:
+                        arrived = now()
+                        observer.delta(model, arrived - last, len(batch))
+                        last = arrived
+                    first = False
                     # A batch is deltas, possibly followed by the Finished event.
                     end = batch[-1] if type(batch[-1]) is Finished else None
                     texts = batch[:-1] if end is not None else batch
