@@ -43,6 +43,9 @@ _CREATE = "/llmgw.v1.ChatService/CreateChatCompletion"
 _STREAM = "/llmgw.v1.ChatService/StreamChatCompletion"
 _LIST_MODELS = "/llmgw.v1.ModelService/ListModels"
 _ADMIN_PREFIX = "/llmgw.admin."
+# Initial metadata the servicer sends naming the model and endpoint that served.
+_MODEL_KEY = "x-llmgw-model"
+_BACKEND_KEY = "x-llmgw-backend"
 
 # Codes of a call the domain refused before serving anything: not metered, fully refunded.
 _REFUSED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND})
@@ -107,9 +110,10 @@ class _TicketContext:
     """The servicer's context, with our metadata merged into its initial metadata and
     the status it aborts with remembered (to tell a refusal from a failure)."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, metadata: Sequence[tuple[str, str]]):
+    def __init__(self, context: grpc.aio.ServicerContext, ticket: Ticket) -> None:
         self._context = context
-        self._metadata = metadata
+        self._ticket = ticket
+        self._metadata = ratelimit_metadata(ticket.decision)
         self.sent = False
         self.code: grpc.StatusCode | None = None
 
@@ -118,6 +122,11 @@ class _TicketContext:
 
     async def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
         self.sent = True
+        for key, value in metadata:  # what served the call, for the usage event
+            if key == _BACKEND_KEY:
+                self._ticket.backend = value
+            elif key == _MODEL_KEY:
+                self._ticket.model = value
         await self._context.send_initial_metadata((*metadata, *self._metadata))
 
     async def flush(self) -> None:
@@ -227,7 +236,7 @@ class TenancyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ticket = await self._admit(request, context)
             if ticket is None:  # unknown model: the servicer answers NOT_FOUND
                 return await inner(request, context)
-            proxy = _TicketContext(context, ratelimit_metadata(ticket.decision))
+            proxy = _TicketContext(context, ticket)
             outcome = ERROR
             try:
                 response = await inner(request, proxy)
@@ -260,7 +269,7 @@ class TenancyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Reconciliation needs the real usage even when the client did not ask for it.
             wants_usage = request.include_usage
             request.include_usage = True
-            proxy = _TicketContext(context, ratelimit_metadata(ticket.decision))
+            proxy = _TicketContext(context, ticket)
             outcome = ERROR
             chars = 0
             try:
