@@ -32,11 +32,26 @@ def _ping(port: int) -> bool:
         return False
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """One redis-server bound to 127.0.0.1 on its own port."""
 
     def __init__(self, workdir: Path, port: int | None = None, cluster: bool = False) -> None:
-        self.port = port or free_port()
+        self.port = port or (_cluster_port() if cluster else free_port())
         self.workdir = workdir
         self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None

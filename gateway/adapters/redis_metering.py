@@ -10,9 +10,11 @@ of it atomically; a batch is one pipeline.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from gateway.adapters.redis_conn import RedisClient, Script, guarded, tenant_tag
@@ -93,6 +95,12 @@ class RedisUsageStore:
     async def record(self, events: Sequence[UsageEvent]) -> None:
         """See UsageStore.record."""
         if not events:
+            return
+        if isinstance(self._client, RedisCluster):
+            # A cluster pipeline cannot carry scripts: one call per event, concurrently
+            # (each goes to the node of its tenant's slot).
+            calls = [RECORD(self._client, *self._call(event)) for event in events]
+            await guarded(asyncio.gather(*calls), self._timeout_s)
             return
         if not self._loaded:
             await guarded(self._client.script_load(RECORD.source), self._timeout_s)
