@@ -8,14 +8,14 @@ threads.
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import sys
 
 from gateway.config import ConfigError, load_config
 from gateway.settings import GatewaySettings
 from gateway.tenancy_runtime import check_tenants
-from gateway.worker import run_worker
+from observability.logs import configure_logging
+from observability.metrics import prepare_multiprocess, serve_metrics
 
 
 def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
@@ -25,6 +25,7 @@ def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
     parser.add_argument("--config")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--log-level")
+    parser.add_argument("--metrics-listen", help="host:port for /metrics; '' disables")
     parser.add_argument("--tenants", help="tenant file; without one, no keys and no limits")
     parser.add_argument("--redis-url", help="Redis for limits and metering (default: in memory)")
     parser.add_argument("--redis-cluster", action="store_const", const=True)
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(tenancy_cli(args))
     settings = parse_settings(argv)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    configure_logging("gateway", settings.log_level)
     try:
         config = load_config(settings.config)
         check_tenants(settings, config)
@@ -50,6 +51,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     if settings.workers > 1 and settings.listen.endswith(":0"):
         raise SystemExit("--workers > 1 needs a fixed port: processes must share it")
+    if settings.workers > 1:
+        # Before prometheus-client is imported anywhere: workers share samples.
+        prepare_multiprocess()
+    if settings.metrics_listen:
+        host, port = settings.metrics_listen.rsplit(":", 1)
+        serve_metrics(host, int(port))
+    from gateway.worker import run_worker  # imports the metric definitions
+
     # spawn, not fork: gRPC's core threads do not survive a fork.
     context = multiprocessing.get_context("spawn")
     children = [

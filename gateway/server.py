@@ -12,6 +12,7 @@ from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService
 from gateway.routing.build import build_registry
 from gateway.routing.retry_budget import RetryPolicy
+from gateway.telemetry import AccessLog, Observers, PrometheusObserver, export_routing_state
 from gateway.tenancy_runtime import Tenancy, TenancyOptions, build_tenancy
 from gateway.transport.admin_servicer import AdminServicer
 from gateway.transport.backend_client import GrpcBackendClient
@@ -58,9 +59,17 @@ async def start_gateway(
     """
     backends = GrpcBackendClient()
     registry = build_registry(config)
-    service = ChatCompletionService(registry, backends, resilience_policy(config.resilience))
+    service = ChatCompletionService(
+        registry,
+        backends,
+        resilience_policy(config.resilience),
+        observer=Observers(PrometheusObserver(), AccessLog()),
+    )
     monitor = EndpointMonitor(
-        (e for r in registry.routes for e in r.pool.endpoints), backends, config.resilience.health
+        (e for r in registry.routes for e in r.pool.endpoints),
+        backends,
+        config.resilience.health,
+        after_round=lambda: export_routing_state(registry),
     )
     tenants = build_tenancy(tenancy, registry, address) if tenancy is not None else None
     server = grpc.aio.server(

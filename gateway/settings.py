@@ -18,6 +18,10 @@ class GatewaySettings(BaseSettings):
     config: Path = Path("config/gateway.yaml")
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "INFO"
+    metrics_listen: str = Field(
+        default="127.0.0.1:9101",
+        description="host:port of /metrics (Prometheus); empty to disable. Never the API port.",
+    )
     # Tenancy: without a tenant file every caller is served with no key and no limits.
     tenants: Path | None = Field(default=None, description="Tenant file (keys, limits).")
     redis_url: str | None = Field(

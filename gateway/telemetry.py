@@ -9,11 +9,14 @@ multiprocess mode for ``--workers``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cache
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
+from gateway.domain.observer import CompletionObserver, RequestRecord
 from gateway.routing.breaker import BreakerState
 from gateway.routing.registry import ModelRegistry
 
@@ -182,25 +185,101 @@ class PrometheusObserver:
         """Record the gap since the previous delta."""
         self.m.itl.labels(model).observe(gap_s)
 
-    def finished(
-        self,
-        model: str,
-        tenant: str,
-        outcome: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        duration_s: float,
-    ) -> None:
+    def finished(self, record: RequestRecord) -> None:
         """Count the request by outcome, its tokens and its duration."""
         m = self.m
-        tenant = tenant or "anonymous"
+        model = record.model
+        tenant = record.tenant or "anonymous"
         m.inflight.labels(model).dec()
-        m.requests.labels(model, tenant, outcome).inc()
-        m.duration.labels(model).observe(duration_s)
-        if prompt_tokens:
-            m.prompt_tokens.labels(model, tenant).inc(prompt_tokens)
-        if completion_tokens:
-            m.completion_tokens.labels(model, tenant).inc(completion_tokens)
+        m.requests.labels(model, tenant, record.outcome).inc()
+        m.duration.labels(model).observe(record.duration_s)
+        if record.prompt_tokens:
+            m.prompt_tokens.labels(model, tenant).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            m.completion_tokens.labels(model, tenant).inc(record.completion_tokens)
+            if record.ttft_s is not None and record.duration_s > record.ttft_s:
+                rate = record.completion_tokens / (record.duration_s - record.ttft_s)
+                m.output_rate.labels(model).observe(rate)
+
+
+class AccessLog:
+    """One structured log line per request: ids, who, what, how it went.
+    Never the prompt, never the key."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("llmgw.access")
+
+    def started(self, model: str) -> None:
+        """Nothing to log yet."""
+
+    def retried(self, model: str) -> None:
+        """Logged with the request."""
+
+    def fell_back(self, from_model: str, to_model: str) -> None:
+        """Logged with the request (served_by)."""
+
+    def first_token(self, model: str, ttft_s: float, overhead_s: float) -> None:
+        """Logged with the request."""
+
+    def delta(self, model: str, gap_s: float, tokens: int) -> None:
+        """Not logged: per-token work stays O(1) and silent."""
+
+    def finished(self, record: RequestRecord) -> None:
+        """Write the access line."""
+        span = trace.get_current_span().get_span_context()
+        self._log.info(
+            "request",
+            extra={
+                "request_id": record.request_id,
+                "trace_id": format(span.trace_id, "032x") if span.is_valid else None,
+                "tenant": record.tenant or "anonymous",
+                "model": record.model,
+                "served_by": record.served_by or None,
+                "backend": record.backend or None,
+                "outcome": record.outcome,
+                "ttft_ms": round(record.ttft_s * 1000, 2) if record.ttft_s is not None else None,
+                "prompt_tokens": record.prompt_tokens,
+                "completion_tokens": record.completion_tokens,
+                "duration_ms": round(record.duration_s * 1000, 2),
+            },
+        )
+
+
+class Observers:
+    """Fans each event out to several observers."""
+
+    def __init__(self, *observers: CompletionObserver) -> None:
+        self._all = observers
+
+    def started(self, model: str) -> None:
+        """Fan out."""
+        for o in self._all:
+            o.started(model)
+
+    def retried(self, model: str) -> None:
+        """Fan out."""
+        for o in self._all:
+            o.retried(model)
+
+    def fell_back(self, from_model: str, to_model: str) -> None:
+        """Fan out."""
+        for o in self._all:
+            o.fell_back(from_model, to_model)
+
+    def first_token(self, model: str, ttft_s: float, overhead_s: float) -> None:
+        """Fan out."""
+        for o in self._all:
+            o.first_token(model, ttft_s, overhead_s)
+
+    def delta(self, model: str, gap_s: float, tokens: int) -> None:
+        """Fan out."""
+        for o in self._all:
+            o.delta(model, gap_s, tokens)
+
+    def finished(self, record: RequestRecord) -> None:
+        """Fan out."""
+        for o in self._all:
+            o.finished(record)
 
 
 def export_routing_state(registry: ModelRegistry, metrics: GatewayMetrics | None = None) -> None:

@@ -15,6 +15,8 @@ from gateway.server import start_gateway
 from gateway.settings import GatewaySettings
 from gateway.tenancy_runtime import tenancy_options
 from grpc_common.runtime import install_event_loop_policy
+from observability.logs import configure_logging
+from observability.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("llmgw.gateway")
 
@@ -33,6 +35,10 @@ async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
 
 def run_worker(settings: GatewaySettings, config: GatewayConfig) -> None:
     """Run one gateway process (the parent and each spawned worker)."""
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    configure_logging("gateway", settings.log_level)
+    configure_tracing("llmgw-gateway")
     install_event_loop_policy()
-    asyncio.run(serve(settings, config))
+    try:
+        asyncio.run(serve(settings, config))
+    finally:
+        shutdown_tracing()

@@ -14,9 +14,6 @@ import os
 import shutil
 import tempfile
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-from prometheus_client import multiprocess as _multiprocess
-
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -34,6 +31,10 @@ def prepare_multiprocess() -> str:
 
 def serve_metrics(host: str, port: int) -> int:
     """Serve /metrics on ``host:port`` (0 picks a port); return the bound port."""
+    # Imported here: prometheus-client reads MULTIPROC_ENV when first imported.
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+    from prometheus_client import multiprocess as _multiprocess
+
     registry: CollectorRegistry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
@@ -45,4 +46,6 @@ def serve_metrics(host: str, port: int) -> int:
 def mark_worker_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (in-flight, queue depth) from the sums."""
     if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess as _multiprocess
+
         _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

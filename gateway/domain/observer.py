@@ -6,7 +6,24 @@ transport layer provides the implementation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What one finished request did (one access-log line, one metrics update)."""
+
+    request_id: str
+    model: str
+    served_by: str
+    backend: str
+    tenant: str
+    outcome: str
+    ttft_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    duration_s: float
 
 
 class CompletionObserver(Protocol):
@@ -27,15 +44,7 @@ class CompletionObserver(Protocol):
     def delta(self, model: str, gap_s: float, tokens: int) -> None:
         """A delta of ``tokens`` tokens arrived ``gap_s`` after the previous one."""
 
-    def finished(
-        self,
-        model: str,
-        tenant: str,
-        outcome: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        duration_s: float,
-    ) -> None:
+    def finished(self, record: RequestRecord) -> None:
         """The request ended (outcome: ``ok``, ``cancelled`` or an error reason)."""
 
 
@@ -57,13 +66,5 @@ class NullObserver:
     def delta(self, model: str, gap_s: float, tokens: int) -> None:
         """Ignore."""
 
-    def finished(
-        self,
-        model: str,
-        tenant: str,
-        outcome: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        duration_s: float,
-    ) -> None:
+    def finished(self, record: RequestRecord) -> None:
         """Ignore."""

@@ -22,7 +22,7 @@ from gateway.domain.errors import (
     GatewayError,
     InvalidRequest,
 )
-from gateway.domain.observer import CompletionObserver, NullObserver
+from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
 from gateway.domain.ports import BackendPort
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
@@ -126,6 +126,8 @@ class ChatCompletionService:
         began = self._monotonic()
         observer.started(completion.model)
         outcome, prompt_tokens, completion_tokens = "cancelled", 0, 0
+        routed: Routed | None = None
+        ttft: float | None = None
         try:
             async with aclosing(self._route_and_stream(completion, began)) as events:
                 async for event in events:
@@ -133,18 +135,26 @@ class ChatCompletionService:
                         outcome = "ok"
                         prompt_tokens = event.usage.prompt_tokens
                         completion_tokens = event.usage.completion_tokens
+                    elif type(event) is Routed:
+                        routed, ttft = event, self._monotonic() - began
                     yield event
         except GatewayError as error:
             outcome = error.reason
             raise
         finally:
             observer.finished(
-                completion.model,
-                completion.tenant,
-                outcome,
-                prompt_tokens,
-                completion_tokens,
-                self._monotonic() - began,
+                RequestRecord(
+                    request_id=completion.id,
+                    model=completion.model,
+                    served_by=routed.model if routed else "",
+                    backend=routed.backend if routed else "",
+                    tenant=completion.tenant,
+                    outcome=outcome,
+                    ttft_s=ttft,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    duration_s=self._monotonic() - began,
+                )
             )
 
     async def _route_and_stream(

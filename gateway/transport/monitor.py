@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway.config import HealthConfig
@@ -36,15 +36,29 @@ class Prober(Protocol):
 class EndpointMonitor:
     """Keeps every endpoint's health and load fresh."""
 
-    def __init__(self, endpoints: Iterable[Endpoint], prober: Prober, config: HealthConfig) -> None:
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        prober: Prober,
+        config: HealthConfig,
+        after_round: Callable[[], None] | None = None,
+    ) -> None:
         self._endpoints = list(endpoints)
+        self._after_round = after_round
         self._prober = prober
         self._config = config
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Start one checking task per endpoint."""
+        """Start one checking task per endpoint (and the exporter, if any)."""
         self._tasks = [asyncio.create_task(self._watch(e)) for e in self._endpoints]
+        if self._after_round is not None:
+            self._tasks.append(asyncio.create_task(self._export(self._after_round)))
+
+    async def _export(self, export: Callable[[], None]) -> None:
+        while True:
+            export()
+            await asyncio.sleep(self._config.interval_s)
 
     async def stop(self) -> None:
         """Stop checking."""

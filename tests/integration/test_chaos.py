@@ -116,6 +116,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             str(tmp_path / "gateway.yaml"),
             "--listen",
             f"127.0.0.1:{s.gateway_port}",
+            "--metrics-listen",
+            "",
         ],
         tmp_path / "gateway.log",
     )

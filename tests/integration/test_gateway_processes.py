@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import httpx
 
 from backends.engines.sim import SimConfig, SimEngine
 from backends.server import start_sidecar
@@ -31,9 +32,10 @@ async def test_workers_share_one_port_and_all_serve(tmp_path: Path) -> None:
     sidecar = await start_sidecar(SimEngine(SimConfig(output_tokens=3)))
     config = tmp_path / "gateway.yaml"
     config.write_text(f"models:\n  - name: small\n    endpoints: ['127.0.0.1:{sidecar.port}']\n")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--workers", "3",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -53,6 +55,15 @@ async def test_workers_share_one_port_and_all_serve(tmp_path: Path) -> None:
 
         results = await asyncio.gather(*(one_call() for _ in range(30)))
         assert results == [pb.FINISH_REASON_STOP] * 30
+        # /metrics (its own port) sums the workers' samples: all 30 are counted once.
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("llmgw_gateway_requests_total{") and 'outcome="ok"' in line
+        )
+        assert counted == 30, text[:2000]
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 15)
