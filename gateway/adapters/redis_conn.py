@@ -2,8 +2,10 @@
 
 Every key of one tenant carries the hash tag ``{llmgw:<tenant>}``, so on a
 Redis Cluster they share one slot and a tenant's Lua script runs on one node.
-Client-side retries are off: the limiter decides what an unreachable Redis
-means (fail-open or fail-closed), and must learn it within one timeout.
+A call is retried once at once (a pooled connection that died with a
+restarted server reconnects), no more: the limiter decides what an
+unreachable Redis means (fail-open or fail-closed) and must learn it within
+one timeout.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
 from gateway.limits.ports import StoreUnavailable
 
@@ -40,14 +42,14 @@ def connect(url: str, cluster: bool = False, timeout_s: float = 0.5) -> RedisCli
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),
             decode_responses=True,
         )
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1),
         decode_responses=True,
     )
 
@@ -58,7 +60,7 @@ async def guarded(call: Awaitable[T], timeout_s: float) -> T:
         async with asyncio.timeout(timeout_s):
             return await call
     except (RedisError, OSError, TimeoutError) as error:
-        raise StoreUnavailable(type(error).__name__) from error
+        raise StoreUnavailable(f"{type(error).__name__}: {error}"[:200]) from error
 
 
 class Script:

@@ -154,7 +154,7 @@ class Limiter:
             self._down_until = self._monotonic() + self._backoff_s
             log.warning(
                 "rate-limit store unreachable (%s); policy fail-%s for %.2fs",
-                type(error).__name__,
+                error,
                 self.policy.value,
                 self._backoff_s,
             )

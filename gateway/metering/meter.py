@@ -70,7 +70,7 @@ class Meter:
                 except StoreUnavailable as error:
                     log.warning(
                         "metering store unreachable (%s); %d events buffered",
-                        type(error).__name__,
+                        error,
                         len(self._buffer),
                     )
                     return False
