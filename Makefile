@@ -52,5 +52,9 @@ breaking: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
 
+## bench-limits: four gateway processes share one Redis; admitted tokens vs the tenant's limit
+bench-limits: $(STAMP)
+	$(BIN)/python -m bench.limits_accuracy $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
