@@ -59,6 +59,22 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
+def wait_listeners(port: int, count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` sockets listen on ``port`` (one per SO_REUSEPORT process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listening = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                    listening += 1
+        if listening >= count:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"fewer than {count} processes listen on {port}")
+
+
 async def hammer(
     address: str, key: str, max_tokens: int, streams: int, connections: int, duration: float
 ) -> dict[str, object]:
@@ -202,8 +218,7 @@ def main() -> None:
             stdout=gateway_log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         processes.append(gateway)
-        wait_port(gateway_port)
-        time.sleep(2)  # let every worker bind
+        wait_listeners(gateway_port, args.workers)  # every worker bound before any client connects
         address = f"127.0.0.1:{gateway_port}"
         print(
             f"hammering tenant 'bench' (L = {args.tpm} tokens/min, burst {args.burst}) "
@@ -256,6 +271,7 @@ def main() -> None:
         "above_95pct": admitted >= 0.95 * allowance,
         "metered_tokens": metered_tokens,
         "admission_latency_per_process": latencies,
+        "processes_that_admitted": len(latencies),
     }
     print(json.dumps(figures, indent=2))
     if args.json:
