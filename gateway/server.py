@@ -23,6 +23,7 @@ from gateway.transport.usage_servicer import UsageServicer
 from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
+from observability.tracing import grpc_server_interceptors
 
 SERVICE_NAMES = tuple(s.full_name for s in chat_pb2.DESCRIPTOR.services_by_name.values())
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -72,10 +73,11 @@ async def start_gateway(
         after_round=lambda: export_routing_state(registry),
     )
     tenants = build_tenancy(tenancy, registry, address) if tenancy is not None else None
-    server = grpc.aio.server(
-        options=SERVER_OPTIONS,
-        interceptors=[TenancyInterceptor(tenants.gate)] if tenants is not None else None,
-    )
+    # Tracing first (outermost), so admission runs inside the request's span.
+    interceptors = grpc_server_interceptors()
+    if tenants is not None:
+        interceptors.append(TenancyInterceptor(tenants.gate))
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
     names = (*SERVICE_NAMES, USAGE_SERVICE) if tenants is not None else SERVICE_NAMES
     if tenants is not None:
         usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(tenants.gate), server)

@@ -77,3 +77,23 @@ def extract_metadata(metadata: Iterable[tuple[str, Any]] | None) -> Context:
 def extract_headers(headers: Mapping[str, str]) -> Context:
     """The trace context sent by the caller in HTTP headers."""
     return propagate.extract(dict(headers))
+
+
+def grpc_server_interceptors() -> list[Any]:
+    """OpenTelemetry's grpc.aio server interceptor when tracing is on, else none:
+    it wraps every streamed message, a cost worth paying only when traces go somewhere."""
+    if not tracing_enabled():
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+
+
+def grpc_client_interceptors() -> list[Any] | None:
+    """OpenTelemetry's grpc.aio client interceptors when tracing is on (they inject
+    traceparent into each call's metadata), else None."""
+    if not tracing_enabled():
+        return None
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]

@@ -15,10 +15,12 @@ from starlette.responses import Response
 from grpc_common.server import CHANNEL_OPTIONS
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
+from observability.tracing import grpc_client_interceptors, tracing_enabled
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
 from rest_shim.errors import ApiError, from_grpc_error
-from rest_shim.openai_request import parse_body, to_params
+from rest_shim.openai_request import ChatCompletionBody, parse_body, to_params
 from rest_shim.settings import ShimSettings
+from rest_shim.tracing import TracedResponse
 from rest_shim.usage import router as usage_router
 
 # Headers forwarded to the gateway as gRPC metadata (credentials live there, not here).
@@ -29,7 +31,9 @@ class GatewayClient:
     """The shim's gRPC stubs on one shared channel to the gateway."""
 
     def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+        )
         self.chat = pb_grpc.ChatServiceStub(self.channel)
         self.models = pb_grpc.ModelServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -104,9 +108,19 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
             ApiError(500, "The server had an error while processing your request.", "server_error")
         )
 
+    traced = tracing_enabled()
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        response = await _chat_completions(request)
+        if traced:
+            body: ChatCompletionBody = request.state.body
+            return TracedResponse(response, request, body.model, bool(body.stream))
+        return response
+
+    async def _chat_completions(request: Request) -> Response:
         body = parse_body(await read_body(request, settings.max_body_bytes))
+        request.state.body = body
         params = to_params(body)
         gateway: GatewayClient = request.app.state.gateway
         metadata = _metadata(request)

@@ -14,6 +14,8 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from gateway.domain.chat import ChatRequest, Finished, Generation, Routed, StreamEvent
 from gateway.domain.errors import (
     BackendFailed,
@@ -31,6 +33,9 @@ from gateway.routing.pool import PoolSaturated, PoolUnavailable
 from gateway.routing.registry import ModelRegistry, ModelRoute
 from gateway.routing.retry_budget import RetryBudget
 from streamutil.batching import batched
+
+# OpenTelemetry's API (no SDK, no transport): a no-op unless tracing is configured.
+_TRACER = trace.get_tracer("llmgw.gateway")
 
 # Errors worth another endpoint when no token has reached the client yet.
 _RETRYABLE = (BackendUnavailable, BackendTimeout, BackendFailed)
@@ -185,12 +190,17 @@ class ChatCompletionService:
             tried: set[Endpoint] = set()
             while attempts < policy.retry.max_attempts:
                 try:
-                    endpoint = await route.pool.acquire(
-                        tenant=completion.tenant,
-                        priority=completion.priority,
-                        timeout_s=policy.queue_timeout_s,
-                        exclude=tried,
-                    )
+                    # A span per routing decision: queueing shows up in traces.
+                    with _TRACER.start_as_current_span("llmgw.route") as span:
+                        span.set_attribute("llmgw.model", route.name)
+                        span.set_attribute("llmgw.queue_depth", route.pool.queue.depth)
+                        endpoint = await route.pool.acquire(
+                            tenant=completion.tenant,
+                            priority=completion.priority,
+                            timeout_s=policy.queue_timeout_s,
+                            exclude=tried,
+                        )
+                        span.set_attribute("llmgw.backend", endpoint.address)
                 except PoolUnavailable:
                     if not tried:  # otherwise the last attempt's error says more
                         error = BackendUnavailable(

@@ -22,6 +22,7 @@ from grpc_common.server import CHANNEL_OPTIONS
 from grpc_common.status import parse_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
+from observability.tracing import grpc_client_interceptors
 
 log = logging.getLogger("llmgw.gateway.backend")
 
@@ -106,7 +107,9 @@ class GrpcBackendClient:
     def _stub(self, address: str) -> pb_grpc.BackendServiceStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+            )
             self._channels.append(channel)
             self._channel_of[address] = channel
             stub = self._stubs[address] = pb_grpc.BackendServiceStub(channel)

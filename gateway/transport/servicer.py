@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
+from opentelemetry import trace
 
 from gateway.domain.chat import Finished, Routed
 from gateway.domain.errors import GatewayError
-from gateway.domain.service import ChatCompletionService
+from gateway.domain.service import ChatCompletionService, Completion
 from gateway.tenancy.gate import caller
 from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
 from gateway.transport.status import to_status
@@ -35,6 +36,28 @@ def routing_metadata(routed: Routed) -> tuple[tuple[str, str], ...]:
     return ((MODEL_HEADER, routed.model), (BACKEND_HEADER, routed.backend))
 
 
+def annotate_admitted(span: trace.Span, completion: Completion) -> None:
+    """Request attributes (GenAI semantic conventions); never prompt text."""
+    span.set_attribute("gen_ai.operation.name", "chat")
+    span.set_attribute("gen_ai.request.model", completion.model)
+    span.set_attribute("gen_ai.request.max_tokens", completion.generation.max_tokens)
+    span.set_attribute("llmgw.request_id", completion.id)
+    span.set_attribute("llmgw.tenant", completion.tenant or "anonymous")
+
+
+def annotate_routed(span: trace.Span, routed: Routed) -> None:
+    """Who served the request."""
+    span.set_attribute("gen_ai.response.model", routed.model)
+    span.set_attribute("llmgw.backend", routed.backend)
+
+
+def annotate_finished(span: trace.Span, finished: Finished) -> None:
+    """Token counts and finish reason."""
+    span.set_attribute("gen_ai.usage.input_tokens", finished.usage.prompt_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", finished.usage.completion_tokens)
+    span.set_attribute("gen_ai.response.finish_reasons", [finished.reason.value])
+
+
 class ChatServicer(pb_grpc.ChatServiceServicer):
     """Serves chat completions, streamed and whole."""
 
@@ -47,7 +70,11 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         """Generate the whole completion, then answer once."""
         try:
             completion = self._service.admit(to_chat_request(request.params), *caller())
+            span = trace.get_current_span()
+            annotate_admitted(span, completion)
             result = await self._service.complete(completion)
+            annotate_routed(span, result.routed)
+            annotate_finished(span, result.finished)
             await context.send_initial_metadata(routing_metadata(result.routed))
         except GatewayError as error:
             await context.abort_with_status(to_status(error))
@@ -73,6 +100,8 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         ContentDelta = pb.ContentDelta
         try:
             completion = self._service.admit(to_chat_request(request.params), *caller())
+            span = trace.get_current_span()
+            annotate_admitted(span, completion)
             async with aclosing(self._service.stream(completion)) as events:
                 async for event in events:
                     if type(event) is str:
@@ -80,6 +109,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
                     elif type(event) is Routed:
                         # Sent with the first backend event, not on admission.
                         await context.send_initial_metadata(routing_metadata(event))
+                        annotate_routed(span, event)
                         yield Response(
                             start=pb.StreamStart(
                                 id=completion.id, model=event.model, created=completion.created
@@ -90,6 +120,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
                         end = pb.StreamEnd(finish_reason=FINISH_REASONS[event.reason])
                         if request.include_usage:
                             end.usage.CopyFrom(to_usage(event.usage))
+                        annotate_finished(span, event)
                         yield Response(end=end)
         except GatewayError as error:
             await context.abort_with_status(to_status(error))

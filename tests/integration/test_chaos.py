@@ -100,8 +100,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "ttft_timeout_s": 0.5,
             "health": {
                 "interval_s": 0.1,
-                "timeout_s": 0.2,
-                "unhealthy_threshold": 1,
+                "timeout_s": 0.5,
+                "unhealthy_threshold": 2,
                 "healthy_threshold": 2,
             },
             "breaker": {"consecutive_failures": 3, "cooldown_s": 1.0, "half_open_probes": 1},
