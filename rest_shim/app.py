@@ -15,9 +15,11 @@ from starlette.responses import Response
 from grpc_common.server import CHANNEL_OPTIONS
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
-from observability.tracing import grpc_client_interceptors, tracing_enabled
+from observability.logs import configure_logging
+from observability.tracing import configure_tracing, grpc_client_interceptors, tracing_enabled
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
 from rest_shim.errors import ApiError, from_grpc_error
+from rest_shim.metrics import MetricsMiddleware
 from rest_shim.openai_request import ChatCompletionBody, parse_body, to_params
 from rest_shim.settings import ShimSettings
 from rest_shim.tracing import TracedResponse
@@ -108,6 +110,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
             ApiError(500, "The server had an error while processing your request.", "server_error")
         )
 
+    app.add_middleware(MetricsMiddleware)
     traced = tracing_enabled()
 
     @app.post("/v1/chat/completions")
@@ -192,4 +195,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: settings come from LLMGW_SHIM_* variables."""
-    return create_app(ShimSettings())
+    settings = ShimSettings()
+    configure_logging("shim", settings.log_level)
+    configure_tracing("llmgw-shim")
+    return create_app(settings)

@@ -21,3 +21,7 @@ class ShimSettings(BaseSettings):
         default=15.0, gt=0, description="SSE comment interval while waiting for a first token."
     )
     log_level: str = "info"
+    metrics_listen: str = Field(
+        default="127.0.0.1:9102",
+        description="host:port of /metrics; empty to disable. Never the public REST port.",
+    )
