@@ -19,8 +19,12 @@ from pydantic import ValidationError
 from backends.engine import Engine
 from backends.engines.sim import SimConfig, SimEngine
 from backends.engines.vllm import VllmConfig, VllmEngine
+from backends.metered import MeteredEngine
 from backends.server import start_sidecar
 from grpc_common.runtime import install_event_loop_policy
+from observability.logs import configure_logging
+from observability.metrics import serve_metrics
+from observability.tracing import configure_tracing, shutdown_tracing
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--vllm-capacity", type=int, default=256, help="vLLM's --max-num-seqs, for GetLoad"
     )
+    parser.add_argument(
+        "--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)"
+    )
+    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.engine == "vllm" and not args.vllm_url:
         parser.error("--engine vllm needs --vllm-url")
@@ -68,6 +76,10 @@ def build_engine(args: argparse.Namespace) -> Engine:
 
 async def serve(args: argparse.Namespace, engine: Engine) -> None:
     """Serve until SIGINT or SIGTERM."""
+    if args.metrics_listen:
+        host, port = args.metrics_listen.rsplit(":", 1)
+        serve_metrics(host, int(port))
+        engine = MeteredEngine(engine, args.model or args.engine)
     sidecar = await start_sidecar(engine, args.listen)
     logging.getLogger("llmgw.sidecar").info(
         "sidecar serving model %s with engine %s on port %d",
@@ -85,16 +97,20 @@ async def serve(args: argparse.Namespace, engine: Engine) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``llmgw-sidecar`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    configure_logging("sidecar", args.log_level)
+    configure_tracing("llmgw-sidecar")
     # httpx logs every request at INFO: one line per health poll and per generation.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    args = parse_args(argv)
     try:
         engine = build_engine(args)
     except ValueError as error:
         sys.exit(f"llmgw-sidecar: {error}")
     install_event_loop_policy()
-    asyncio.run(serve(args, engine))
+    try:
+        asyncio.run(serve(args, engine))
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

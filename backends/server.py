@@ -14,6 +14,7 @@ from backends.engine import Engine
 from backends.servicer import BackendServicer
 from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection
 from llmgw.backend.v1 import backend_pb2, backend_pb2_grpc
+from observability.tracing import grpc_server_interceptors
 
 SERVICE_NAME = backend_pb2.DESCRIPTOR.services_by_name["BackendService"].full_name
 
@@ -74,7 +75,9 @@ async def start_sidecar(engine: Engine, address: str = "127.0.0.1:0") -> Running
     backend is still loading is served (so GetLoad and health answer) but
     reported NOT_SERVING until it is ready.
     """
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=grpc_server_interceptors() or None
+    )
     backend_pb2_grpc.add_BackendServiceServicer_to_server(BackendServicer(engine), server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(address)

@@ -26,17 +26,35 @@ SMALL = {"ttft_ms": 40, "itl_ms": 8, "output_tokens": 48, "max_concurrency": 64}
 LARGE = {"ttft_ms": 150, "itl_ms": 25, "output_tokens": 96, "max_concurrency": 16}
 
 
+# /metrics of the gateway, the shim and the two sidecars.
+METRICS_PORTS = (9101, 9102, 9111, 9112)
+
+
 def default_plan(
-    rest_port: int = 8080, grpc_port: int = 50051, sidecar_ports: tuple[int, int] = (50061, 50062)
+    rest_port: int = 8080,
+    grpc_port: int = 50051,
+    sidecar_ports: tuple[int, int] = (50061, 50062),
+    metrics: tuple[int | None, int | None, int | None, int | None] = METRICS_PORTS,
 ) -> StackPlan:
-    """The embedded default: sim-small-1b and sim-large-70b."""
+    """The embedded default: sim-small-1b and sim-large-70b (which falls back to the small)."""
     return StackPlan(
         models=[
-            SimModel("sim-small-1b", "small", sidecar_ports[0], SMALL),
-            SimModel("sim-large-70b", "large", sidecar_ports[1], LARGE, 512, 8192),
+            SimModel("sim-small-1b", "small", sidecar_ports[0], SMALL, metrics_port=metrics[2]),
+            SimModel(
+                "sim-large-70b",
+                "large",
+                sidecar_ports[1],
+                LARGE,
+                512,
+                8192,
+                metrics_port=metrics[3],
+            ),
         ],
         grpc_port=grpc_port,
         rest_port=rest_port,
+        gateway_metrics_port=metrics[0],
+        shim_metrics_port=metrics[1],
+        fallbacks={"sim-large-70b": ["sim-small-1b"]},
     )
 
 
@@ -81,11 +99,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sidecar-ports", default="50061,50062", help="ports of the small and large sidecars"
     )
+    parser.add_argument(
+        "--metrics-ports",
+        default=",".join(map(str, METRICS_PORTS)),
+        help="/metrics ports of gateway, shim, small and large sidecars ('' turns them off)",
+    )
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--shim-workers", type=int, default=1)
     args = parser.parse_args(argv)
     small, large = (int(p) for p in args.sidecar_ports.split(","))
-    plan = default_plan(args.rest_port, args.grpc_port, (small, large))
+    ports: list[int | None] = [int(p) for p in args.metrics_ports.split(",") if p]
+    ports += [None] * (4 - len(ports))
+    plan = default_plan(
+        args.rest_port, args.grpc_port, (small, large), (ports[0], ports[1], ports[2], ports[3])
+    )
     plan.gateway_workers = args.gateway_workers
     plan.shim_workers = args.shim_workers
     plan.extra_env["LLMGW_GATEWAY_TENANTS"] = str(DEMO_TENANTS)

@@ -79,6 +79,7 @@ class SimModel:
     sim: Mapping[str, float]
     default_max_tokens: int = 256
     max_output_tokens: int = 4096
+    metrics_port: int | None = None
 
     def processes(self, host: str) -> list[ProcessSpec]:
         """One sidecar on the sim engine."""
@@ -96,6 +97,8 @@ class SimModel:
                     f"{host}:{self.port}",
                     "--sim-config",
                     json.dumps(dict(self.sim)),
+                    "--metrics-listen",
+                    f"{host}:{self.metrics_port}" if self.metrics_port else "",
                 ],
             )
         ]
@@ -116,6 +119,10 @@ class StackPlan:
     gateway_workers: int = 1
     shim_workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    # /metrics of the gateway and the shim; None: off (so test stacks never clash).
+    gateway_metrics_port: int | None = None
+    shim_metrics_port: int | None = None
+    fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def gateway_config(self) -> dict[str, object]:
         """The gateway routing file for these models."""
@@ -127,10 +134,15 @@ class StackPlan:
                     "endpoints": [f"{self.host}:{m.port}"],
                     "default_max_tokens": m.default_max_tokens,
                     "max_output_tokens": m.max_output_tokens,
+                    "fallbacks": list(self.fallbacks.get(m.name, ())),
                 }
                 for m in self.models
             ]
         }
+
+
+def _listen(host: str, port: int | None) -> str:
+    return f"{host}:{port}" if port else ""
 
 
 class Stack:
@@ -173,13 +185,15 @@ class Stack:
         self._spawn(
             "gateway",
             ["-m", "gateway", "--config", str(config), "--listen",
-             f"{plan.host}:{plan.grpc_port}", "--workers", str(plan.gateway_workers)],
+             f"{plan.host}:{plan.grpc_port}", "--workers", str(plan.gateway_workers),
+             "--metrics-listen", _listen(plan.host, plan.gateway_metrics_port)],
         )  # fmt: skip
         self._spawn(
             "shim",
             ["-m", "rest_shim", "--host", plan.host, "--port", str(plan.rest_port),
              "--gateway", f"{plan.host}:{plan.grpc_port}", "--workers", str(plan.shim_workers),
-             "--log-level", "warning"],
+             "--log-level", "warning",
+             "--metrics-listen", _listen(plan.host, plan.shim_metrics_port)],
         )  # fmt: skip
 
     def wait_ready(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_run_command_serves_both_models_and_stops_cleanly() -> None:
     rest, grpc_port, small, large = (free_port() for _ in range(4))
+    metrics = [free_port() for _ in range(4)]  # gateway, shim, small, large
     process = subprocess.Popen(
         [
             sys.executable,
@@ -30,6 +32,8 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
             str(grpc_port),
             "--sidecar-ports",
             f"{small},{large}",
+            "--metrics-ports",
+            ",".join(map(str, metrics)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -74,12 +78,23 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
             )
             text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             assert len(text.split()) == 4
+        # Each process serves /metrics on its own port, never on the REST port.
+        scraped = {port: httpx.get(f"http://127.0.0.1:{port}/metrics").text for port in metrics}
+        assert "llmgw_gateway_requests_total{" in scraped[metrics[0]]
+        assert (
+            'llmgw_shim_requests_total{route="/v1/chat/completions",status="200"}'
+            in scraped[metrics[1]]
+        )
+        for sidecar in metrics[2:]:
+            assert "llmgw_sidecar_requests_total{" in scraped[sidecar]
+            assert "llmgw_sidecar_engine_capacity{" in scraped[sidecar]
+        assert httpx.get(f"http://127.0.0.1:{rest}/metrics").status_code == 404
     finally:
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=20)
     assert process.returncode == 0, out
     assert "stopping" in out
     # Every child is gone: nothing listens on the ports any more.
-    for port in (rest, grpc_port, small, large):
+    for port in (rest, grpc_port, small, large, *metrics):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()

@@ -1,0 +1,123 @@
+"""An Engine wrapper that records the sidecar's metrics and its engine span.
+
+Wrapping keeps every engine free of telemetry code; the cost is one more
+async-generator step per delta.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from functools import cache
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from backends.engine import Delta, Engine, EngineError, EngineRequest, Finished, LoadReport
+
+_TRACER = trace.get_tracer("llmgw.sidecar")
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class SidecarMetrics:
+    """Counters and histograms of one sidecar process."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "llmgw_sidecar_requests_total",
+            "Generate calls by model and outcome.",
+            ["model", "outcome"],
+        )
+        self.ttft = Histogram(
+            "llmgw_sidecar_time_to_first_token_seconds",
+            "From the Generate call to the engine's first token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+        )
+        self.tokens = Counter(
+            "llmgw_sidecar_generated_tokens_total", "Tokens generated.", ["model"]
+        )
+
+
+@cache
+def sidecar_metrics() -> SidecarMetrics:
+    """The process's sidecar metrics, created once."""
+    return SidecarMetrics()
+
+
+class EngineLoadCollector(Collector):
+    """Reads the engine's load report at scrape time (a sidecar is one process)."""
+
+    def __init__(self, engine: Engine, model: str) -> None:
+        self._engine = engine
+        self._model = model
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Running, waiting and capacity now."""
+        report: LoadReport = self._engine.load()
+        for name, value, doc in (
+            ("llmgw_sidecar_engine_running", report.running, "Sequences being generated."),
+            ("llmgw_sidecar_engine_waiting", report.waiting, "Sequences queued in the engine."),
+            ("llmgw_sidecar_engine_capacity", report.capacity, "Sequences run at once."),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["model"])
+            family.add_metric([self._model], value)
+            yield family
+
+
+class MeteredEngine:
+    """Delegates to ``engine``; counts outcomes, tokens and TTFT, and traces each call."""
+
+    def __init__(self, engine: Engine, model: str) -> None:
+        self._engine = engine
+        self._model = model
+        self._metrics = sidecar_metrics()
+        REGISTRY.register(EngineLoadCollector(engine, model))
+
+    def load(self) -> LoadReport:
+        """The wrapped engine's load."""
+        return self._engine.load()
+
+    def ready(self) -> bool:
+        """The wrapped engine's readiness."""
+        return self._engine.ready()
+
+    async def start(self) -> None:
+        """Start the wrapped engine."""
+        await self._engine.start()
+
+    async def close(self) -> None:
+        """Close the wrapped engine."""
+        await self._engine.close()
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
+        """Relay the engine's events, recording what happened."""
+        m, model = self._metrics, self._model
+        began = time.perf_counter()
+        outcome = "cancelled"
+        first = True
+        with _TRACER.start_as_current_span("llmgw.engine/generate", kind=SpanKind.INTERNAL) as span:
+            span.set_attribute("gen_ai.request.model", request.model or model)
+            span.set_attribute("gen_ai.request.max_tokens", request.max_tokens)
+            span.set_attribute("llmgw.request_id", request.request_id)
+            try:
+                async for event in self._engine.generate(request):
+                    if type(event) is Delta:
+                        if first:
+                            first = False
+                            m.ttft.labels(model).observe(time.perf_counter() - began)
+                    elif isinstance(event, Finished):
+                        outcome = "ok"
+                        m.tokens.labels(model).inc(event.completion_tokens)
+                        span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
+                        span.set_attribute("gen_ai.usage.output_tokens", event.completion_tokens)
+                        span.set_attribute("gen_ai.response.finish_reasons", [event.reason.value])
+                    yield event
+            except EngineError as error:
+                outcome = error.reason
+                raise
+            finally:
+                m.requests.labels(model, outcome).inc()
