@@ -58,6 +58,7 @@ class Completion:
     request: ChatRequest
     tenant: str = ""
     priority: int = 0
+    allowed: frozenset[str] | None = None  # models the caller may use; None: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,13 @@ class ChatCompletionService:
         """The models served."""
         return self._registry
 
-    def admit(self, request: ChatRequest, tenant: str = "", priority: int = 0) -> Completion:
+    def admit(
+        self,
+        request: ChatRequest,
+        tenant: str = "",
+        priority: int = 0,
+        allowed: frozenset[str] | None = None,
+    ) -> Completion:
         """Validate and route ``request``; raise GatewayError if it cannot be served."""
         check_request_shape(request)
         route = self._registry.resolve(request.model)
@@ -122,6 +129,7 @@ class ChatCompletionService:
             request=request,
             tenant=tenant,
             priority=priority,
+            allowed=allowed,
         )
 
     async def stream(self, completion: Completion) -> AsyncGenerator[Routed | StreamEvent, None]:
@@ -183,7 +191,7 @@ class ChatCompletionService:
         for route in self._registry.chain(completion.route):
             generation = self._generation_for(completion, route)
             if generation is None:
-                continue  # this fallback cannot serve the request's max_tokens
+                continue  # cannot serve: the caller may not use it, or its max_tokens
             if previous is not None:
                 self._observer.fell_back(previous.name, route.name)
             previous = route
@@ -236,6 +244,8 @@ class ChatCompletionService:
     def _generation_for(self, completion: Completion, route: ModelRoute) -> Generation | None:
         if route is completion.route:
             return completion.generation
+        if completion.allowed is not None and route.name not in completion.allowed:
+            return None  # the caller may not use this fallback
         try:
             max_tokens = resolve_max_tokens(completion.request, route.limits)
         except InvalidRequest:

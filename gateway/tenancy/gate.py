@@ -55,6 +55,15 @@ def caller() -> tuple[str, int]:
     return _CALLER.get()
 
 
+# Models the current caller may use (None: all): fallbacks honour it too.
+_ALLOWED: ContextVar[frozenset[str] | None] = ContextVar("llmgw_allowed", default=None)
+
+
+def allowed_models() -> frozenset[str] | None:
+    """Canonical model names the current caller may use; None when unrestricted."""
+    return _ALLOWED.get()
+
+
 def estimate_tokens(chars: int) -> int:
     """Tokens in ``chars`` characters of text, rounded up."""
     return math.ceil(chars / CHARS_PER_TOKEN)
@@ -180,6 +189,7 @@ class TenantGate:
         tenant = principal.tenant
         if tenant is not None:
             _CALLER.set((tenant.name, tenant.priority.rank))
+            _ALLOWED.set(tenant.models)
 
     def visible_models(self, principal: Principal) -> Callable[[str], bool]:
         """A filter of the canonical model names the principal may list."""

@@ -12,7 +12,7 @@ from opentelemetry import trace
 from gateway.domain.chat import Finished, Routed
 from gateway.domain.errors import GatewayError
 from gateway.domain.service import ChatCompletionService, Completion
-from gateway.tenancy.gate import caller
+from gateway.tenancy.gate import allowed_models, caller
 from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
 from gateway.transport.status import to_status
 from grpc_common.status import ErrorDetails, build_status
@@ -69,7 +69,9 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     ) -> pb.CreateChatCompletionResponse:
         """Generate the whole completion, then answer once."""
         try:
-            completion = self._service.admit(to_chat_request(request.params), *caller())
+            completion = self._service.admit(
+                to_chat_request(request.params), *caller(), allowed=allowed_models()
+            )
             span = trace.get_current_span()
             annotate_admitted(span, completion)
             result = await self._service.complete(completion)
@@ -99,7 +101,9 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         Response = pb.StreamChatCompletionResponse
         ContentDelta = pb.ContentDelta
         try:
-            completion = self._service.admit(to_chat_request(request.params), *caller())
+            completion = self._service.admit(
+                to_chat_request(request.params), *caller(), allowed=allowed_models()
+            )
             span = trace.get_current_span()
             annotate_admitted(span, completion)
             async with aclosing(self._service.stream(completion)) as events:

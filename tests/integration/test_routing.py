@@ -340,3 +340,19 @@ async def test_a_restarted_sidecar_is_readmitted_by_health_checks(cleanup: list[
     await wait_until(lambda: pool.endpoints[0].healthy, timeout=5)
     backends = Counter([(await stream(c))[1] for _ in range(30)])
     assert backends[address] > 0
+
+
+async def test_fallback_skips_models_the_caller_may_not_use(cleanup: list[Cluster]) -> None:
+    from gateway.domain.chat import ChatRequest, Finished, Message, Role
+    from gateway.domain.errors import BackendUnavailable
+
+    c = await cluster(
+        {"large": ["127.0.0.1:1"], "small": [SimConfig()]}, fallbacks={"large": ["small"]}
+    )
+    cleanup.append(c)
+    service = c.gateway.service
+    request = ChatRequest(model="large", messages=(Message(Role.USER, "hi"),))
+    allowed = await service.complete(service.admit(request, "t", 0, allowed=None))
+    assert allowed.routed.model == "small" and isinstance(allowed.finished, Finished)
+    with pytest.raises(BackendUnavailable):
+        await service.complete(service.admit(request, "t", 0, allowed=frozenset({"large"})))
