@@ -126,6 +126,8 @@ class TenantRateLimited(RateLimited):
         ]
         super().__init__(message, quotas, decision.retry_after_s, reason)
         self.decision = decision
+        self.tenant_name = tenant.name
+        self.limit = str(first)  # the first exhausted limit, for metrics
 
 
 @dataclass(slots=True)

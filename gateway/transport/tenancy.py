@@ -33,6 +33,7 @@ import grpc
 from gateway.domain.errors import GatewayError, PermissionDenied
 from gateway.limits.ports import Decision
 from gateway.metering.model import CANCELLED, ERROR, OK
+from gateway.telemetry import gateway_metrics
 from gateway.tenancy.gate import REJECTED, TenantGate, TenantRateLimited, Ticket
 from gateway.transport.status import to_status
 from llmgw.v1 import chat_pb2 as pb
@@ -98,6 +99,7 @@ async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
     """End the call with ``error``'s status; a rate-limit refusal carries the bucket headers."""
     status = to_status(error)
     if isinstance(error, TenantRateLimited):
+        gateway_metrics().rejections.labels(error.tenant_name, error.limit).inc()
         status = _Status(
             status.code,
             status.details,
