@@ -9,10 +9,13 @@ virtualenv and the model folders come from ``make vllm models``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -31,8 +34,15 @@ DEFAULT_MODELS = CACHE / "models"
 # warm-up by minutes.
 DEFAULT_COMPILE_CACHE = CACHE / "vllm-compile"
 
-# (folder and served name, alias) of the models scripts/build_models.py builds.
-MODELS = (("smollm2-135m-instruct", "smollm2"), ("gemma3-270m", "gemma3"))
+# (folder and served name, alias, fallbacks) of the models scripts/build_models.py
+# builds. Gemma's requests go to SmolLM2 when Gemma's server is down.
+MODELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("smollm2-135m-instruct", "smollm2", ()),
+    ("gemma3-270m", "gemma3", ("smollm2-135m-instruct",)),
+)
+# A CPU is slow: the gateway's defaults (30 s to the first token) suit GPUs;
+# 100 streams queued on one core of a 2-core machine can wait longer than that.
+RESILIENCE = {"ttft_timeout_s": 180.0, "idle_timeout_s": 120.0, "queue_timeout_s": 60.0}
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class VllmModel:
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE takes whole GiB
     default_max_tokens: int = 256
     max_output_tokens: int = 1024
+    fallbacks: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def processes(self, host: str) -> list[ProcessSpec]:
@@ -93,6 +104,22 @@ class VllmModel:
         }
 
 
+@dataclass
+class VllmStackPlan(StackPlan):
+    """A StackPlan whose routing file adds fallbacks and CPU-sized timeouts."""
+
+    def gateway_config(self) -> dict[str, object]:
+        """The routing file: every model, its fallbacks, and RESILIENCE."""
+        config = super().gateway_config()
+        entries = config["models"]
+        assert isinstance(entries, list)
+        for entry, model in zip(entries, self.models, strict=True):
+            if isinstance(model, VllmModel) and model.fallbacks:
+                entry["fallbacks"] = list(model.fallbacks)
+        config["resilience"] = RESILIENCE
+        return config
+
+
 def vllm_plan(
     rest_port: int = 8080,
     grpc_port: int = 50051,
@@ -114,10 +141,40 @@ def vllm_plan(
             python=str(venv / "bin" / "python"),
             compile_cache=compile_cache,
             cpu=i % cores if cores > 1 else None,
+            fallbacks=fallbacks,
         )
-        for i, (name, alias) in enumerate(MODELS)
+        for i, (name, alias, fallbacks) in enumerate(MODELS)
     ]
-    return StackPlan(models=models, grpc_port=grpc_port, rest_port=rest_port)
+    return VllmStackPlan(models=models, grpc_port=grpc_port, rest_port=rest_port)
+
+
+def wait_models_answer(plan: StackPlan, timeout_s: float, progress: bool = False) -> None:
+    """Block until each model answers a one-token completion through the shim, itself.
+
+    A sidecar turning SERVING is not the end: the gateway readmits an endpoint
+    after a few good health checks, and until then its requests go to a
+    fallback (or fail). An answer whose ``model`` is the one asked for proves
+    the whole path.
+    """
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{plan.host}:{plan.rest_port}/v1/chat/completions"
+    for m in plan.models:
+        body = json.dumps(
+            {"model": m.name, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
+        ).encode()
+        while True:
+            request = urllib.request.Request(url, body, {"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    if json.loads(answer.read()).get("model") == m.name:
+                        break
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{m.name} did not answer through the gateway in {timeout_s}s")
+            time.sleep(0.5)
+        if progress:
+            print(f"  answering: {m.name}", flush=True)
 
 
 def missing_parts(plan: StackPlan) -> list[str]:
@@ -172,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         stack.start()
         stack.wait_ready(timeout_s=args.timeout, progress=True, still_waiting_every_s=15)
+        wait_models_answer(plan, timeout_s=120, progress=True)
         print(f"ready in {time.monotonic() - started:.0f}s", flush=True)
         print(usage_text(plan).replace("{log_dir}", str(stack.log_dir)), flush=True)
         while True:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import Stack
-from devstack.vllm import CACHE, ROOT, VllmModel, vllm_plan
+from devstack.vllm import CACHE, ROOT, VllmModel, vllm_plan, wait_models_answer
 from tests.conftest import free_port
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -137,6 +137,7 @@ def e2e(pytestconfig: pytest.Config) -> Iterator[E2EStack]:
                 stack.wait_ready(
                     timeout_s=STACK_START_TIMEOUT_S, progress=True, still_waiting_every_s=30
                 )
+                wait_models_answer(plan, timeout_s=120, progress=True)
             except (RuntimeError, TimeoutError) as error:
                 pytest.fail(f"the stack did not start: {error}\n{_log_tails(stack)}")
             print(f"e2e: stack ready in {time.monotonic() - started:.0f}s", file=say, flush=True)
