@@ -76,10 +76,10 @@ def build_engine(args: argparse.Namespace) -> Engine:
 
 async def serve(args: argparse.Namespace, engine: Engine) -> None:
     """Serve until SIGINT or SIGTERM."""
+    engine = MeteredEngine(engine, args.model or args.engine)  # metrics and the engine span
     if args.metrics_listen:
         host, port = args.metrics_listen.rsplit(":", 1)
         serve_metrics(host, int(port))
-        engine = MeteredEngine(engine, args.model or args.engine)
     sidecar = await start_sidecar(engine, args.listen)
     logging.getLogger("llmgw.sidecar").info(
         "sidecar serving model %s with engine %s on port %d",

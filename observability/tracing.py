@@ -86,7 +86,7 @@ def grpc_server_interceptors() -> list[Any]:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    return [aio_server_interceptor(filter_=_request_path_only())]  # type: ignore[no-untyped-call]
 
 
 def grpc_client_interceptors() -> list[Any] | None:
@@ -96,4 +96,18 @@ def grpc_client_interceptors() -> list[Any] | None:
         return None
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    return list(aio_client_interceptors(filter_=_request_path_only()))  # type: ignore[no-untyped-call]
+
+
+def _request_path_only() -> Any:
+    """Leave background calls out of traces: health checks, load polls, reflection
+    (each would be a one-span trace every second)."""
+    from opentelemetry.instrumentation.grpc import filters
+
+    return filters.negate(
+        filters.any_of(
+            filters.health_check(),
+            filters.method_name("GetLoad"),
+            filters.service_prefix("grpc.reflection"),
+        )
+    )

@@ -16,13 +16,12 @@ from grpc_common.server import CHANNEL_OPTIONS
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from observability.logs import configure_logging
-from observability.tracing import configure_tracing, grpc_client_interceptors, tracing_enabled
+from observability.tracing import configure_tracing, grpc_client_interceptors
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.metrics import MetricsMiddleware
-from rest_shim.openai_request import ChatCompletionBody, parse_body, to_params
+from rest_shim.openai_request import parse_body, to_params
 from rest_shim.settings import ShimSettings
-from rest_shim.tracing import TracedResponse
 from rest_shim.usage import router as usage_router
 
 # Headers forwarded to the gateway as gRPC metadata (credentials live there, not here).
@@ -86,6 +85,15 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own request span, on the provider observability.tracing set up
+        # (if any); our metrics and logs stay ours. The span is current while the
+        # gRPC call starts, so the gateway's span becomes its child.
+        telemetry={
+            "auto_configure": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+        },
     )
 
     @app.exception_handler(ApiError)
@@ -111,19 +119,10 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
         )
 
     app.add_middleware(MetricsMiddleware)
-    traced = tracing_enabled()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        response = await _chat_completions(request)
-        if traced:
-            body: ChatCompletionBody = request.state.body
-            return TracedResponse(response, request, body.model, bool(body.stream))
-        return response
-
-    async def _chat_completions(request: Request) -> Response:
         body = parse_body(await read_body(request, settings.max_body_bytes))
-        request.state.body = body
         params = to_params(body)
         gateway: GatewayClient = request.app.state.gateway
         metadata = _metadata(request)

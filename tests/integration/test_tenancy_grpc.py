@@ -348,17 +348,17 @@ async def test_admin_keys_read_usage_and_admin_service_but_call_no_model(
 
 
 async def test_the_tenant_and_priority_reach_the_domain(tenanted: Tenanted) -> None:
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, frozenset[str] | None]] = []
     service = tenanted.d.gateway.service
     original = service.admit
 
-    def spy(request, tenant="", priority=0):  # type: ignore[no-untyped-def]
-        seen.append((tenant, priority))
-        return original(request, tenant, priority)
+    def spy(request, tenant="", priority=0, allowed=None):  # type: ignore[no-untyped-def]
+        seen.append((tenant, priority, allowed))
+        return original(request, tenant, priority, allowed)
 
     service.admit = spy  # type: ignore[method-assign]
     await tenanted.create(tenanted.keys["beta"], max_tokens=1)
-    assert seen == [("beta", 1)]  # priority class "standard"
+    assert seen == [("beta", 1, None)]  # priority "standard"; every model allowed
 
 
 async def test_many_concurrent_calls_leave_no_lease_behind(tenanted: Tenanted) -> None:
