@@ -46,7 +46,9 @@ def test_a_success_resets_the_consecutive_count() -> None:
 
 
 def test_failure_rate_over_the_window_opens_the_breaker() -> None:
-    b, clock = breaker(consecutive_failures=100, failure_rate=0.5, min_calls_in_window=10, window_s=10)
+    b, clock = breaker(
+        consecutive_failures=100, failure_rate=0.5, min_calls_in_window=10, window_s=10
+    )
     for _ in range(5):
         b.record_success()
         b.record_failure()
@@ -55,7 +57,9 @@ def test_failure_rate_over_the_window_opens_the_breaker() -> None:
 
 
 def test_old_failures_leave_the_window() -> None:
-    b, clock = breaker(consecutive_failures=100, failure_rate=0.5, min_calls_in_window=10, window_s=10)
+    b, clock = breaker(
+        consecutive_failures=100, failure_rate=0.5, min_calls_in_window=10, window_s=10
+    )
     for _ in range(4):
         b.record_failure()
         b.record_success()
