@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-unit test-integration lint fmt proto proto-check breaking bench clean
+.PHONY: system-deps
 .PHONY: vllm models run-vllm test-e2e
 
 # vLLM (CPU) and the model folders it serves: built once, kept between runs.
@@ -25,9 +26,24 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m devstack
 
-## test: every test tier that runs without Docker
-test: $(STAMP)
+## test: every test tier that runs without Docker (installs what its tests start)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+# Servers the tests start themselves: redis-server (limits, metering) and
+# prometheus/promtool (dashboards and alert rules). Debian packages; installed
+# when missing and we may (root with apt), otherwise named so you can.
+SYSTEM_TOOLS := redis-server prometheus promtool
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages for:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server prometheus >/dev/null; \
+	  else \
+	    echo "missing:$$missing -- install the Debian packages redis-server and prometheus"; exit 1; \
+	  fi; \
+	fi
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
