@@ -55,17 +55,17 @@ class EndpointPool:
 
     def _pick(self, exclude: Collection[Endpoint]) -> Endpoint | None:
         candidates = [e for e in self.endpoints if e not in exclude and e.usable() and e.has_room()]
-        if not candidates:
-            return None
-        if len(candidates) == 1:
-            chosen = candidates[0]
-        else:
-            a, b = self._rng.sample(candidates, 2)
-            chosen = a if a.score() <= b.score() else b
-        if not chosen.breaker.allow():  # a half-open probe slot was just taken
-            return None
-        chosen.outstanding += 1
-        return chosen
+        while candidates:
+            if len(candidates) == 1:
+                chosen = candidates[0]
+            else:
+                a, b = self._rng.sample(candidates, 2)
+                chosen = a if a.score() <= b.score() else b
+            if chosen.breaker.allow():  # reserves a probe slot when half-open
+                chosen.outstanding += 1
+                return chosen
+            candidates.remove(chosen)  # its half-open probes are all taken: try the others
+        return None
 
     async def acquire(
         self,

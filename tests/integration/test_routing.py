@@ -235,8 +235,9 @@ async def test_breaker_opens_on_failures_and_closes_after_half_open_probes(
     flaky = SimConfig(failure_mode=FailureMode.ERROR_AT_START)
     c = await cluster(
         {"m": [flaky, SimConfig()]},
+        # The cooldown outlasts the 40 requests below even on a slow, busy machine.
         resilience={
-            "breaker": {"consecutive_failures": 3, "cooldown_s": 1.0, "half_open_probes": 1}
+            "breaker": {"consecutive_failures": 3, "cooldown_s": 3.0, "half_open_probes": 1}
         },
     )
     cleanup.append(c)
@@ -250,7 +251,7 @@ async def test_breaker_opens_on_failures_and_closes_after_half_open_probes(
         await stream(c)
     assert flaky_engine.received == 3  # open: no traffic at all
     flaky_engine.config.failure_mode = FailureMode.NONE  # it recovers
-    await asyncio.sleep(1.05)
+    await asyncio.sleep(3.05)
     backends = Counter([(await stream(c))[1] for _ in range(30)])
     assert backends[c.address("m", 0)] > 0  # traffic returned after the probe succeeded
     states = {e.address: e.breaker_state for e in (await c.admin())["m"].endpoints}

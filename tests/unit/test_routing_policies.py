@@ -208,3 +208,21 @@ async def test_one_tenants_burst_does_not_starve_another() -> None:
     p.release(first)
     await asyncio.gather(*tasks)
     assert served.index("quiet") <= 1  # served right after the burst's first request
+
+
+async def test_a_half_open_endpoint_without_probe_slots_does_not_block_the_others() -> None:
+    clock = Clock()
+    p = EndpointPool(
+        ["h:0", "h:1"],
+        breaker_policy=BreakerPolicy(consecutive_failures=1, cooldown_s=1, half_open_probes=1),
+        clock=clock,
+        rng=random.Random(0),
+    )
+    probing, healthy = p.endpoints
+    probing.breaker.record_failure()
+    clock.now += 2
+    assert probing.breaker.allow()  # its single probe is in flight
+    for _ in range(10):
+        chosen = await p.acquire(timeout_s=0)
+        assert chosen is healthy
+        p.release(chosen)
