@@ -26,6 +26,7 @@ from backends.engine import (
 )
 from backends.engines.vllm_monitor import VllmMonitor
 from backends.engines.vllm_protocol import StreamParser, chat_body, error_from_response
+from observability.tracing import inject_headers, tracing_enabled
 
 log = logging.getLogger("llmgw.sidecar.vllm")
 
@@ -65,6 +66,7 @@ class VllmEngine:
         self._client: httpx.AsyncClient | None = None
         self._monitor_client: httpx.AsyncClient | None = None
         self._monitor: VllmMonitor | None = None
+        self._traced = tracing_enabled()
 
     async def start(self) -> None:
         """Open the connection pools and start watching vLLM (it may still be loading)."""
@@ -118,12 +120,15 @@ class VllmEngine:
             raise EngineUnavailable("vLLM is not ready yet (still loading or unreachable)")
         body = chat_body(request, model)
         parser = StreamParser()
+        # W3C traceparent on to vLLM, which continues the trace when it was
+        # started with --otlp-traces-endpoint.
+        headers = inject_headers(dict(_HEADERS)) if self._traced else _HEADERS
         try:
             # Leaving this block for any reason, including GeneratorExit or
             # CancelledError at a yield, closes the response and its connection:
             # that disconnect is what makes vLLM abort the request.
             async with client.stream(
-                "POST", "/v1/chat/completions", content=body, headers=_HEADERS
+                "POST", "/v1/chat/completions", content=body, headers=headers
             ) as response:
                 if response.status_code != 200:
                     raise error_from_response(response.status_code, await response.aread())
