@@ -97,3 +97,11 @@ bench-limits: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+## loadtest: Locust, headless, 20 s against a running `make run` (LOADTEST_HOST, LOADTEST_ARGS; key: $LLMGW_API_KEY, else the demo key)
+.PHONY: loadtest
+LOADTEST_HOST ?= http://127.0.0.1:8080
+LOADTEST_ARGS ?= --users 10 --spawn-rate 5 --run-time 20s
+loadtest: $(STAMP)
+	LLMGW_API_KEY="$${LLMGW_API_KEY:-llmgw_00000000de30_demo-only-not-a-secret-local-use}" \
+	  $(BIN)/locust -f loadtest/locustfile.py --headless --only-summary --host $(LOADTEST_HOST) $(LOADTEST_ARGS)
