@@ -24,10 +24,18 @@ class VllmMonitor:
     the served model's name is known."""
 
     def __init__(
-        self, client: httpx.AsyncClient, served_model: str | None, interval_s: float
+        self,
+        client: httpx.AsyncClient,
+        served_model: str | None,
+        interval_s: float,
+        failures_to_unhealthy: int = 3,
     ) -> None:
         self._client = client
         self._interval = interval_s
+        # A vLLM busy with a hundred streams on one core can miss one health
+        # check; only a run of misses means it is down (or not up yet).
+        self._failures_to_unhealthy = failures_to_unhealthy
+        self._failures = 0
         self.served_model = served_model
         self.healthy = False
         self.load = _NO_LOAD
@@ -52,12 +60,15 @@ class VllmMonitor:
 
     async def poll_once(self) -> None:
         """One round: health, the model name if still unknown, and load."""
-        healthy = await self._healthy()
+        answered = await self._healthy()
+        self._failures = 0 if answered else self._failures + 1
+        healthy = answered or (self.healthy and self._failures < self._failures_to_unhealthy)
         if healthy != self.healthy:
             log.info("vLLM is %s", "healthy" if healthy else "not healthy")
         self.healthy = healthy
-        if not healthy:
-            self.load = _NO_LOAD
+        if not answered:
+            if not healthy:
+                self.load = _NO_LOAD
             return
         if self.served_model is None:
             self.served_model = await self._discover_model()
