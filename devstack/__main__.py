@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from devstack.stack import SimModel, Stack, StackPlan
+from devstack.stack import SimModel, Stack, StackPlan, wait_models_answer
 
 # DEMO ONLY: a tenant whose key is published, served only on loopback.
 DEMO_TENANTS = Path(__file__).with_name("demo_tenants.yaml")
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         stack.start()
         stack.wait_ready(progress=True)
+        # Ready processes are not yet a routable gateway: wait for each model to answer.
+        wait_models_answer(plan, timeout_s=60, progress=True, api_key=DEMO_KEY)
         print(usage_text(plan).replace("{log_dir}", str(stack.log_dir)), flush=True)
         while True:
             time.sleep(1)

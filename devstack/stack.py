@@ -290,3 +290,37 @@ def _is_ready(target: str) -> bool:
         except grpc.RpcError:
             return False
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_models_answer(
+    plan: StackPlan, timeout_s: float, progress: bool = False, api_key: str | None = None
+) -> None:
+    """Block until each model answers a one-token completion through the shim, itself.
+
+    A sidecar turning SERVING is not the end: the gateway readmits an endpoint
+    after a few good health checks, and until then its requests go to a
+    fallback (or fail). An answer whose ``model`` is the one asked for proves
+    the whole path.
+    """
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{plan.host}:{plan.rest_port}/v1/chat/completions"
+    for m in plan.models:
+        body = json.dumps(
+            {"model": m.name, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
+        ).encode()
+        while True:
+            headers = {"content-type": "application/json"}
+            if api_key:
+                headers["authorization"] = f"Bearer {api_key}"
+            request = urllib.request.Request(url, body, headers)
+            try:
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    if json.loads(answer.read()).get("model") == m.name:
+                        break
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{m.name} did not answer through the gateway in {timeout_s}s")
+            time.sleep(0.5)
+        if progress:
+            print(f"  answering: {m.name}", flush=True)

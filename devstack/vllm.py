@@ -10,18 +10,15 @@ virtualenv and the model folders come from ``make vllm models``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from devstack.stack import ProcessSpec, Stack, StackPlan
+from devstack.stack import ProcessSpec, Stack, StackPlan, wait_models_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Everything built for vLLM lives here: the repository's .cache/ unless
@@ -151,35 +148,6 @@ def vllm_plan(
         for i, (name, alias, fallbacks) in enumerate(MODELS)
     ]
     return VllmStackPlan(models=models, grpc_port=grpc_port, rest_port=rest_port)
-
-
-def wait_models_answer(plan: StackPlan, timeout_s: float, progress: bool = False) -> None:
-    """Block until each model answers a one-token completion through the shim, itself.
-
-    A sidecar turning SERVING is not the end: the gateway readmits an endpoint
-    after a few good health checks, and until then its requests go to a
-    fallback (or fail). An answer whose ``model`` is the one asked for proves
-    the whole path.
-    """
-    deadline = time.monotonic() + timeout_s
-    url = f"http://{plan.host}:{plan.rest_port}/v1/chat/completions"
-    for m in plan.models:
-        body = json.dumps(
-            {"model": m.name, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
-        ).encode()
-        while True:
-            request = urllib.request.Request(url, body, {"content-type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=60) as answer:
-                    if json.loads(answer.read()).get("model") == m.name:
-                        break
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{m.name} did not answer through the gateway in {timeout_s}s")
-            time.sleep(0.5)
-        if progress:
-            print(f"  answering: {m.name}", flush=True)
 
 
 def missing_parts(plan: StackPlan) -> list[str]:

@@ -70,6 +70,7 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
                 model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=4
             )
             assert reply.choices[0].message.content
+            assert reply.model == ("sim-large-70b" if model == "large" else model)  # no fallback
             stream = client.chat.completions.create(
                 model=model,
                 messages=[{"role": "user", "content": "hello there"}],
