@@ -138,19 +138,29 @@ class GatewayConfig(BaseModel):
         return self
 
 
+def read_yaml(path: Path, what: str) -> object:
+    """Parse a YAML file; ConfigError says which file and why when it cannot."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from error
+
+
+def invalid(what: str, source: object, error: ValidationError) -> ConfigError:
+    """A ConfigError naming every problem by its path in the file."""
+    lines = [
+        f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+        for e in error.errors()
+    ]
+    return ConfigError(f"{what} {source} is invalid:\n" + "\n".join(lines))
+
+
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate a YAML routing file; raise ConfigError with a readable message."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read gateway config {path}: {error.strerror}") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"gateway config {path} is not valid YAML: {error}") from error
+    raw = read_yaml(path, "gateway config")
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as error:
-        lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in error.errors()
-        ]
-        raise ConfigError(f"gateway config {path} is invalid:\n" + "\n".join(lines)) from error
+        raise invalid("gateway config", path, error) from error

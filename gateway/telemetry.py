@@ -163,6 +163,7 @@ class PrometheusObserver:
 
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self.m = metrics or gateway_metrics()
+        self._itl: dict[str, Histogram] = {}
 
     def started(self, model: str) -> None:
         """Count the request in flight."""
@@ -182,8 +183,12 @@ class PrometheusObserver:
         self.m.overhead.labels(model).observe(overhead_s)
 
     def delta(self, model: str, gap_s: float, tokens: int) -> None:
-        """Record the gap since the previous delta."""
-        self.m.itl.labels(model).observe(gap_s)
+        """Record the gap since the previous delta (on the streaming path: the
+        labelled child is looked up once per model, not per delta)."""
+        child = self._itl.get(model)
+        if child is None:
+            child = self._itl[model] = self.m.itl.labels(model)
+        child.observe(gap_s)
 
     def finished(self, record: RequestRecord) -> None:
         """Count the request by outcome, its tokens and its duration."""

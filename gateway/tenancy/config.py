@@ -13,10 +13,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.config import ConfigError
+from gateway.config import ConfigError, invalid, read_yaml
 from gateway.tenancy.keys import KEY_ID, PREFIX, is_hash
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -150,22 +149,12 @@ def parse_tenants(raw: object, source: str) -> TenantsFile:
     try:
         return TenantsFile.model_validate(raw if raw is not None else {})
     except ValidationError as error:
-        lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in error.errors()
-        ]
-        raise ConfigError(f"tenant file {source} is invalid:\n" + "\n".join(lines)) from error
+        raise invalid("tenant file", source, error) from error
 
 
 def load_tenants(path: Path, known_models: Collection[str] | None = None) -> TenantsFile:
     """Read and validate a tenant file; raise ConfigError with a readable message."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read tenant file {path}: {error.strerror}") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"tenant file {path} is not valid YAML: {error}") from error
-    tenants = parse_tenants(raw, str(path))
+    tenants = parse_tenants(read_yaml(path, "tenant file"), str(path))
     if known_models is not None:
         tenants.check_models(known_models)
     return tenants
