@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "llmgw"
@@ -144,7 +144,3 @@ def _status_from_trailers(trailers: Iterable[tuple[str, str | bytes]]) -> status
             proto.ParseFromString(value)
             return proto
     return None
-
-
-# code_pb2 is imported so the numeric codes stay in one vocabulary with grpc's.
-assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT
