@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)"
     )
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        default=0.0,
+        help="hold deltas this long after each message so they go out merged (0: off; "
+        "the first token is never held)",
+    )
     args = parser.parse_args(argv)
     if args.engine == "vllm" and not args.vllm_url:
         parser.error("--engine vllm needs --vllm-url")
@@ -80,7 +87,7 @@ async def serve(args: argparse.Namespace, engine: Engine) -> None:
     if args.metrics_listen:
         host, port = args.metrics_listen.rsplit(":", 1)
         serve_metrics(host, int(port))
-    sidecar = await start_sidecar(engine, args.listen)
+    sidecar = await start_sidecar(engine, args.listen, args.stream_interval_ms / 1000)
     logging.getLogger("llmgw.sidecar").info(
         "sidecar serving model %s with engine %s on port %d",
         args.model or "(from engine)",

@@ -68,7 +68,9 @@ async def _follow_engine_health(engine: Engine, servicer: health.aio.HealthServi
             await _set_health(servicer, serving)
 
 
-async def start_sidecar(engine: Engine, address: str = "127.0.0.1:0") -> RunningSidecar:
+async def start_sidecar(
+    engine: Engine, address: str = "127.0.0.1:0", stream_interval_s: float = 0.0
+) -> RunningSidecar:
     """Start serving ``engine`` on ``address`` (port 0 picks a free port).
 
     Health starts as the engine's readiness and follows it: an engine whose
@@ -78,7 +80,9 @@ async def start_sidecar(engine: Engine, address: str = "127.0.0.1:0") -> Running
     server = grpc.aio.server(
         options=SERVER_OPTIONS, interceptors=grpc_server_interceptors() or None
     )
-    backend_pb2_grpc.add_BackendServiceServicer_to_server(BackendServicer(engine), server)
+    backend_pb2_grpc.add_BackendServiceServicer_to_server(
+        BackendServicer(engine, stream_interval_s), server
+    )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(address)
     if port == 0:

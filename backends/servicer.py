@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -124,8 +125,12 @@ def _delta(texts: list[str], tokens: int) -> pb.GenerateResponse:
 class BackendServicer(pb_grpc.BackendServiceServicer):
     """Serves Generate and GetLoad for one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, stream_interval_s: float = 0.0) -> None:
         self._engine = engine
+        # Opt-in: after each message, let tokens gather this long before the
+        # next (the first token is never held). Fewer, larger messages for every
+        # hop downstream, at the cost of coarser inter-token timing.
+        self._interval_s = stream_interval_s
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -139,10 +144,13 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
             engine_request = to_engine_request(request)
             # Closing the batches closes the engine stream: its cleanup (the
             # abort) runs now, not at garbage collection.
+            interval = self._interval_s
             async with aclosing(batched(self._engine.generate(engine_request))) as batches:
                 async for batch in batches:
                     for message in _messages(batch):
                         yield message
+                    if interval and type(batch[-1]) is not Finished:
+                        await asyncio.sleep(interval)
         except EngineError as error:
             await context.abort_with_status(engine_error_status(error))
 

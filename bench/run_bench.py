@@ -256,11 +256,20 @@ def run_scenario(
     duration_s: float,
     gateway_workers: int,
     shim_workers: int,
+    stream_interval_ms: float = 0.0,
 ) -> ScenarioResult:
     """Start a stack for this latency setting, run every concurrency and target, stop it."""
     sidecar_port, grpc_port, rest_port = free_ports(3)
     plan = StackPlan(
-        models=[SimModel(MODEL, f"{MODEL}-alias", sidecar_port, scenario.sim_config())],
+        models=[
+            SimModel(
+                MODEL,
+                f"{MODEL}-alias",
+                sidecar_port,
+                scenario.sim_config(),
+                stream_interval_ms=stream_interval_ms,
+            )
+        ],
         grpc_port=grpc_port,
         rest_port=rest_port,
         gateway_workers=gateway_workers,
@@ -606,6 +615,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=2, help="load generator processes")
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--shim-workers", type=int, default=1)
+    parser.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        default=0.0,
+        help="the sidecar's opt-in stream interval (0: off, the default)",
+    )
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write Markdown here")
     args = parser.parse_args(argv)
     duration = args.duration or (2.0 if args.quick else 5.0)
@@ -619,7 +634,7 @@ def main(argv: list[str] | None = None) -> None:
         for scenario in SCENARIOS:
             result = run_scenario(
                 pool, scenario, concurrencies, warmup, duration,
-                args.gateway_workers, args.shim_workers,
+                args.gateway_workers, args.shim_workers, args.stream_interval_ms,
             )  # fmt: skip
             results.append(result)
     finally:

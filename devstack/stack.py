@@ -80,6 +80,7 @@ class SimModel:
     default_max_tokens: int = 256
     max_output_tokens: int = 4096
     metrics_port: int | None = None
+    stream_interval_ms: float = 0.0
 
     def processes(self, host: str) -> list[ProcessSpec]:
         """One sidecar on the sim engine."""
@@ -99,6 +100,8 @@ class SimModel:
                     json.dumps(dict(self.sim)),
                     "--metrics-listen",
                     f"{host}:{self.metrics_port}" if self.metrics_port else "",
+                    "--stream-interval-ms",
+                    str(self.stream_interval_ms),
                 ],
             )
         ]

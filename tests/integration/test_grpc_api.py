@@ -304,3 +304,33 @@ async def test_health_service_reports_serving(deployment: Deployment) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await health.Check(health_pb2.HealthCheckRequest(service="nope.Service"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_stream_interval_merges_deltas_without_holding_the_first_token() -> None:
+    from backends.engines.sim import SimEngine
+    from backends.server import start_sidecar
+    from llmgw.backend.v1 import backend_pb2 as bpb
+    from llmgw.backend.v1 import backend_pb2_grpc as bpb_grpc
+
+    request = bpb.GenerateRequest(
+        request_id="r",
+        model="m",
+        messages=[bpb.Message(role=bpb.ROLE_USER, content="a b c")],
+        sampling=bpb.SamplingParams(max_tokens=20),
+    )
+    counts = {}
+    for interval in (0.0, 0.05):
+        sidecar = await start_sidecar(
+            SimEngine(SimConfig(itl_ms=5, output_tokens=20)), stream_interval_s=interval
+        )
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+                events = [e async for e in bpb_grpc.BackendServiceStub(channel).Generate(request)]
+        finally:
+            await sidecar.stop(0)
+        deltas = [e.delta for e in events if e.HasField("delta")]
+        assert sum(d.token_count for d in deltas) == 20 and events[-1].HasField("finished")
+        assert deltas[0].token_count == 1  # the first token goes out alone, at once
+        counts[interval] = len(deltas)
+    assert counts[0.0] >= 15  # 5 ms apart: sent one by one
+    assert counts[0.05] <= 6  # ~100 ms of tokens in 50 ms windows
