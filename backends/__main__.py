@@ -21,10 +21,10 @@ from backends.engines.sim import SimConfig, SimEngine
 from backends.engines.vllm import VllmConfig, VllmEngine
 from backends.metered import MeteredEngine
 from backends.server import start_sidecar
-from grpc_common.runtime import install_event_loop_policy
-from observability.logs import configure_logging
-from observability.metrics import serve_metrics
-from observability.tracing import configure_tracing, shutdown_tracing
+from common.grpcutil.runtime import install_event_loop_policy
+from common.observability.logs import configure_logging
+from common.observability.metrics import serve_metrics
+from common.observability.tracing import configure_tracing, shutdown_tracing
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

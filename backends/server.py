@@ -12,9 +12,9 @@ from grpc_health.v1 import health, health_pb2
 
 from backends.engine import Engine
 from backends.servicer import BackendServicer
-from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection
+from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection
+from common.observability.tracing import grpc_server_interceptors
 from llmgw.backend.v1 import backend_pb2, backend_pb2_grpc
-from observability.tracing import grpc_server_interceptors
 
 SERVICE_NAME = backend_pb2.DESCRIPTOR.services_by_name["BackendService"].full_name
 

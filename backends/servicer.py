@@ -20,10 +20,10 @@ from backends.engine import (
     Finished,
     FinishReason,
 )
-from grpc_common.status import ErrorDetails, FieldViolation, build_status
+from common.batching import batched
+from common.grpcutil.status import ErrorDetails, FieldViolation, build_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
-from streamutil.batching import batched
 
 _ROLE_NAMES = {
     pb.ROLE_SYSTEM: "system",
@@ -138,7 +138,7 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
         """Stream the engine's output; cancellation of this call aborts the engine.
 
         Deltas that the engine produced while the previous message was being
-        written go out merged in one message (see streamutil.batching).
+        written go out merged in one message (see common.batching).
         """
         try:
             engine_request = to_engine_request(request)

@@ -11,11 +11,11 @@ import argparse
 import multiprocessing
 import sys
 
+from common.observability.logs import configure_logging
+from common.observability.metrics import prepare_multiprocess, serve_metrics
 from gateway.config import ConfigError, load_config
 from gateway.settings import GatewaySettings
-from gateway.tenancy_runtime import check_tenants
-from observability.logs import configure_logging
-from observability.metrics import prepare_multiprocess, serve_metrics
+from gateway.tenancy.runtime import check_tenants
 
 
 def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``llmgw-gateway`` console script."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("keys", "tenants", "usage"):
-        from gateway.tenancy_cli import main as tenancy_cli
+        from gateway.tenancy.cli import main as tenancy_cli
 
         raise SystemExit(tenancy_cli(args))
     settings = parse_settings(argv)

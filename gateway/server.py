@@ -7,23 +7,23 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
+from common.observability.tracing import grpc_server_interceptors
+from gateway.adapters.backend_client import GrpcBackendClient
+from gateway.adapters.monitor import EndpointMonitor
 from gateway.config import GatewayConfig, ResilienceConfig
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService
 from gateway.routing.build import build_registry
 from gateway.routing.retry_budget import RetryPolicy
 from gateway.telemetry import AccessLog, Observers, PrometheusObserver, export_routing_state
-from gateway.tenancy_runtime import Tenancy, TenancyOptions, build_tenancy
+from gateway.tenancy.runtime import Tenancy, TenancyOptions, build_tenancy
 from gateway.transport.admin_servicer import AdminServicer
-from gateway.transport.backend_client import GrpcBackendClient
-from gateway.transport.monitor import EndpointMonitor
 from gateway.transport.servicer import ChatServicer, ModelServicer
 from gateway.transport.tenancy import TenancyInterceptor
 from gateway.transport.usage_servicer import UsageServicer
-from grpc_common.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
-from observability.tracing import grpc_server_interceptors
 
 SERVICE_NAMES = tuple(s.full_name for s in chat_pb2.DESCRIPTOR.services_by_name.values())
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name

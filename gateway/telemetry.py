@@ -3,7 +3,7 @@
 Label values are bounded: models and tenants come from configuration,
 endpoints from the routing file, outcomes from our own error reasons;
 nothing a client types becomes a label. Definitions are created on first
-use, after ``observability.metrics.prepare_multiprocess`` may have set up
+use, after ``common.observability.metrics.prepare_multiprocess`` may have set up
 multiprocess mode for ``--workers``.
 """
 

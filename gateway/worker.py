@@ -10,13 +10,13 @@ import asyncio
 import logging
 import signal
 
+from common.grpcutil.runtime import install_event_loop_policy
+from common.observability.logs import configure_logging
+from common.observability.tracing import configure_tracing, shutdown_tracing
 from gateway.config import GatewayConfig
 from gateway.server import start_gateway
 from gateway.settings import GatewaySettings
-from gateway.tenancy_runtime import tenancy_options
-from grpc_common.runtime import install_event_loop_policy
-from observability.logs import configure_logging
-from observability.tracing import configure_tracing, shutdown_tracing
+from gateway.tenancy.runtime import tenancy_options
 
 log = logging.getLogger("llmgw.gateway")
 

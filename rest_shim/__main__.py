@@ -7,8 +7,8 @@ import os
 
 import uvicorn
 
-from observability.logs import configure_logging
-from observability.metrics import prepare_multiprocess, serve_metrics
+from common.observability.logs import configure_logging
+from common.observability.metrics import prepare_multiprocess, serve_metrics
 from rest_shim.settings import ShimSettings
 
 

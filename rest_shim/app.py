@@ -12,11 +12,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from grpc_common.server import CHANNEL_OPTIONS
+from common.grpcutil.server import CHANNEL_OPTIONS
+from common.observability.logs import configure_logging
+from common.observability.tracing import configure_tracing, grpc_client_interceptors
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
-from observability.logs import configure_logging
-from observability.tracing import configure_tracing, grpc_client_interceptors
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.metrics import MetricsMiddleware
@@ -85,7 +85,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        # FastAPI's own request span, on the provider observability.tracing set up
+        # FastAPI's own request span, on the provider common.observability.tracing set up
         # (if any); our metrics and logs stay ours. The span is current while the
         # gRPC call starts, so the gateway's span becomes its child.
         telemetry={

@@ -12,7 +12,7 @@ import math
 import grpc
 import orjson
 
-from grpc_common.status import parse_status
+from common.grpcutil.status import parse_status
 
 
 class ApiError(Exception):

@@ -15,7 +15,7 @@ from backends.engines.sim import SimConfig, SimEngine
 from backends.server import RunningSidecar, start_sidecar
 from gateway.config import GatewayConfig
 from gateway.server import RunningGateway, start_gateway
-from gateway.tenancy_runtime import TenancyOptions
+from gateway.tenancy.runtime import TenancyOptions
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from rest_shim.app import create_app

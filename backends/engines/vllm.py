@@ -26,7 +26,7 @@ from backends.engine import (
 )
 from backends.engines.vllm_monitor import VllmMonitor
 from backends.engines.vllm_protocol import StreamParser, chat_body, error_from_response
-from observability.tracing import inject_headers, tracing_enabled
+from common.observability.tracing import inject_headers, tracing_enabled
 
 log = logging.getLogger("llmgw.sidecar.vllm")
 

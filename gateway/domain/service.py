@@ -16,23 +16,23 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
+from common.batching import batched
 from gateway.domain.chat import ChatRequest, Finished, Generation, Routed, StreamEvent
-from gateway.domain.errors import (
+from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
+from gateway.domain.ports import BackendPort
+from gateway.domain.resilience import ResiliencePolicy
+from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
+from gateway.errors import (
     BackendFailed,
     BackendTimeout,
     BackendUnavailable,
     GatewayError,
     InvalidRequest,
 )
-from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
-from gateway.domain.ports import BackendPort
-from gateway.domain.resilience import ResiliencePolicy
-from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
 from gateway.routing.endpoint import Endpoint
 from gateway.routing.pool import PoolSaturated, PoolUnavailable
 from gateway.routing.registry import ModelRegistry, ModelRoute
 from gateway.routing.retry_budget import RetryBudget
-from streamutil.batching import batched
 
 # OpenTelemetry's API (no SDK, no transport): a no-op unless tracing is configured.
 _TRACER = trace.get_tracer("llmgw.gateway")

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from gateway.domain.chat import ChatRequest, Generation
-from gateway.domain.errors import InvalidRequest, Violation
+from gateway.errors import InvalidRequest, Violation
+from gateway.routing.limits import OutputLimits
 
 MAX_STOP_SEQUENCES = 4
-
-
-@dataclass(frozen=True, slots=True)
-class OutputLimits:
-    """How many tokens a model may be asked for, and what to ask when the client is silent."""
-
-    default_max_tokens: int
-    max_output_tokens: int
 
 
 def check_request_shape(request: ChatRequest) -> None:

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.domain.errors import LimiterUnavailable
+from gateway.errors import LimiterUnavailable
 from gateway.limits.memory import InMemoryLimitStore
 from gateway.limits.ports import Decision, LimitStore, StoreUnavailable, TenantLimits
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gateway.config import GatewayConfig
-from gateway.domain.validation import OutputLimits
 from gateway.routing.breaker import BreakerPolicy
+from gateway.routing.limits import OutputLimits
 from gateway.routing.pool import EndpointPool
 from gateway.routing.registry import ModelRegistry, ModelRoute
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.domain.errors import ModelNotFound
-from gateway.domain.validation import OutputLimits
+from gateway.errors import ModelNotFound
+from gateway.routing.limits import OutputLimits
 from gateway.routing.pool import EndpointPool
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from gateway.domain.errors import (
+from gateway.errors import (
     ModelNotFound,
     PermissionDenied,
     QuotaViolation,

@@ -9,13 +9,13 @@ from contextlib import aclosing
 import grpc
 from opentelemetry import trace
 
+from common.grpcutil.status import ErrorDetails, build_status
 from gateway.domain.chat import Finished, Routed
-from gateway.domain.errors import GatewayError
 from gateway.domain.service import ChatCompletionService, Completion
+from gateway.errors import GatewayError
 from gateway.tenancy.gate import allowed_models, caller
 from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
 from gateway.transport.status import to_status
-from grpc_common.status import ErrorDetails, build_status
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 

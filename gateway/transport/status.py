@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from gateway.domain.errors import ErrorKind, GatewayError
-from grpc_common.status import ErrorDetails, FieldViolation, QuotaViolation, build_status
+from common.grpcutil.status import ErrorDetails, FieldViolation, QuotaViolation, build_status
+from gateway.errors import ErrorKind, GatewayError
 
 _CODES = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,

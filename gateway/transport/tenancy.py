@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from gateway.domain.errors import GatewayError, PermissionDenied
+from gateway.errors import GatewayError, PermissionDenied
 from gateway.limits.ports import Decision
 from gateway.metering.model import CANCELLED, ERROR, OK
 from gateway.telemetry import gateway_metrics

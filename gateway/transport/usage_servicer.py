@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import grpc
 
-from gateway.domain.errors import (
+from gateway.errors import (
     BackendUnavailable,
     GatewayError,
     InvalidRequest,

@@ -6,7 +6,7 @@ import grpc
 import httpx
 import pytest
 
-from grpc_common.status import parse_status
+from common.grpcutil.status import parse_status
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from tests.e2e.conftest import E2EStack

@@ -20,7 +20,7 @@ import pytest
 
 from backends.engines.sim import SimConfig
 from gateway.limits.limiter import FailurePolicy
-from gateway.tenancy_runtime import TenancyOptions
+from gateway.tenancy.runtime import TenancyOptions
 from llmgw.v1 import chat_pb2 as pb
 from tests.conftest import Deployment, deploy, params, start_shim, wait_until
 from tests.redis_server import RedisServer

@@ -345,7 +345,7 @@ async def test_a_restarted_sidecar_is_readmitted_by_health_checks(cleanup: list[
 
 async def test_fallback_skips_models_the_caller_may_not_use(cleanup: list[Cluster]) -> None:
     from gateway.domain.chat import ChatRequest, Finished, Message, Role
-    from gateway.domain.errors import BackendUnavailable
+    from gateway.errors import BackendUnavailable
 
     c = await cluster(
         {"large": ["127.0.0.1:1"], "small": [SimConfig()]}, fallbacks={"large": ["small"]}

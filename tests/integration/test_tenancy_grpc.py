@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from backends.engines.sim import FailureMode, SimConfig
-from gateway.tenancy_runtime import TenancyOptions
+from gateway.tenancy.runtime import TenancyOptions
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import usage_pb2, usage_pb2_grpc

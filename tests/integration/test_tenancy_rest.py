@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from backends.engines.sim import SimConfig
-from gateway.tenancy_runtime import TenancyOptions
+from gateway.tenancy.runtime import TenancyOptions
 from tests.conftest import Deployment, Shim, deploy, start_shim
 from tests.tenancy_helpers import tenant, write_tenants
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from backends.engines.vllm import VllmConfig, VllmEngine
 from backends.server import RunningSidecar, start_sidecar
-from grpc_common.status import parse_status
+from common.grpcutil.status import parse_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
 from tests.conftest import free_port

@@ -141,7 +141,7 @@ def test_one_request_is_one_trace_across_every_hop(
 
 def test_without_an_endpoint_nothing_is_traced() -> None:
     # The default: the API's no-op provider, and no gRPC interceptors at all.
-    from observability.tracing import (
+    from common.observability.tracing import (
         grpc_client_interceptors,
         grpc_server_interceptors,
         tracing_enabled,

@@ -6,7 +6,7 @@ from contextlib import aclosing
 
 import pytest
 
-from streamutil.batching import batched
+from common.batching import batched
 
 
 async def numbers(n: int, pause_every: int = 0) -> AsyncIterator[int]:

@@ -29,7 +29,7 @@ import yaml
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.settings import GatewaySettings
-from gateway.tenancy_runtime import check_tenants
+from gateway.tenancy.runtime import check_tenants
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
@@ -671,7 +671,7 @@ def test_dockerfile_check_fails_on_a_missing_module_or_root_user(compose: Compos
     bad = text.replace('"-m", "gateway"', '"-m", "gatewayx"').replace(
         "USER 10001:10001", "USER root"
     )
-    bad = bad.replace("COPY streamutil/ streamutil/\n", "")
+    bad = bad.replace("COPY common/ common/\n", "")
 
     def change(c: Compose) -> None:
         c["services"]["rest-shim"]["command"][2] = "rest_shimx"
@@ -682,7 +682,7 @@ def test_dockerfile_check_fails_on_a_missing_module_or_root_user(compose: Compos
     assert any("module rest_shimx does not exist" in p for p in problems), problems
     assert any("module scripts.gen_protos is not packaged" in p for p in problems), problems
     assert any("runs as root" in p for p in problems), problems
-    assert any("package streamutil" in p for p in problems), problems
+    assert any("package common" in p for p in problems), problems
 
 
 def test_scrape_and_grafana_checks_fail_on_unknown_hosts(compose: Compose) -> None:

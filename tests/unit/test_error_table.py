@@ -3,7 +3,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from grpc_common.status import ErrorDetails, FieldViolation, build_status
+from common.grpcutil.status import ErrorDetails, FieldViolation, build_status
 from rest_shim.errors import GRPC_TO_HTTP, from_grpc_error
 
 

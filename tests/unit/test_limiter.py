@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.domain.errors import LimiterUnavailable
+from gateway.errors import LimiterUnavailable
 from gateway.limits.limiter import FailurePolicy, Limiter
 from gateway.limits.memory import InMemoryLimitStore
 from gateway.limits.ports import Decision, StoreUnavailable, TenantLimits

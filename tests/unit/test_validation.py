@@ -5,8 +5,9 @@ import math
 import pytest
 
 from gateway.domain.chat import ChatRequest, Message, Role
-from gateway.domain.errors import InvalidRequest
-from gateway.domain.validation import OutputLimits, check_request_shape, resolve_max_tokens
+from gateway.domain.validation import check_request_shape, resolve_max_tokens
+from gateway.errors import InvalidRequest
+from gateway.routing.limits import OutputLimits
 
 LIMITS = OutputLimits(default_max_tokens=100, max_output_tokens=1000)
 OK = ChatRequest(model="m", messages=(Message(Role.USER, "hi"),))

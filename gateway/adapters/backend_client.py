@@ -8,8 +8,11 @@ from collections.abc import AsyncGenerator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.grpcutil.server import CHANNEL_OPTIONS
+from common.grpcutil.status import parse_status
+from common.observability.tracing import grpc_client_interceptors
 from gateway.domain.chat import Finished, FinishReason, Generation, Role, StreamEvent, Usage
-from gateway.domain.errors import (
+from gateway.errors import (
     BackendFailed,
     BackendTimeout,
     BackendUnavailable,
@@ -18,11 +21,8 @@ from gateway.domain.errors import (
     Violation,
 )
 from gateway.routing.endpoint import LoadSnapshot
-from grpc_common.server import CHANNEL_OPTIONS
-from grpc_common.status import parse_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
-from observability.tracing import grpc_client_interceptors
 
 log = logging.getLogger("llmgw.gateway.backend")
 

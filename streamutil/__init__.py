@@ -1,1 +1,0 @@
-"""Small, dependency-free helpers for async streams."""
