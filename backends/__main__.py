@@ -7,7 +7,6 @@ NOT_SERVING on grpc.health.v1 until vLLM's /health answers.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -21,55 +20,27 @@ from backends.engines.sim import SimConfig, SimEngine
 from backends.engines.vllm import VllmConfig, VllmEngine
 from backends.metered import MeteredEngine
 from backends.server import start_sidecar
+from backends.settings import SidecarSettings
 from common.grpcutil.runtime import install_event_loop_policy
 from common.observability.logs import configure_logging
 from common.observability.metrics import serve_metrics
 from common.observability.tracing import configure_tracing, shutdown_tracing
+from common.settings import load_settings
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; sim settings also come as one JSON object."""
-    parser = argparse.ArgumentParser(prog="llmgw-sidecar", description=__doc__)
-    parser.add_argument("--engine", choices=["sim", "vllm"], default="sim")
-    parser.add_argument("--listen", default="127.0.0.1:50061")
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="model name the engine serves (vllm: its --served-model-name; "
-        "learnt from vLLM's /v1/models when omitted)",
-    )
-    parser.add_argument(
-        "--sim-config",
-        default="{}",
-        help='simulator settings as JSON, e.g. \'{"ttft_ms": 50, "itl_ms": 10}\'',
-    )
-    parser.add_argument("--vllm-url", help="vLLM's HTTP server, e.g. http://127.0.0.1:8000")
-    parser.add_argument(
-        "--vllm-capacity", type=int, default=256, help="vLLM's --max-num-seqs, for GetLoad"
-    )
-    parser.add_argument(
-        "--metrics-listen", default="", help="host:port for Prometheus /metrics (off if empty)"
-    )
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument(
-        "--stream-interval-ms",
-        type=float,
-        default=0.0,
-        help="hold deltas this long after each message so they go out merged (0: off; "
-        "the first token is never held)",
-    )
-    args = parser.parse_args(argv)
-    if args.engine == "vllm" and not args.vllm_url:
-        parser.error("--engine vllm needs --vllm-url")
-    return args
+def parse_settings(argv: list[str] | None = None) -> SidecarSettings:
+    """Flags override LLMGW_SIDECAR_* variables, which override the defaults in SidecarSettings."""
+    return load_settings(SidecarSettings, argv, "llmgw-sidecar", __doc__)
 
 
-def build_engine(args: argparse.Namespace) -> Engine:
+def build_engine(args: SidecarSettings) -> Engine:
     """The engine the options name; raise ValueError with a readable message if invalid."""
     try:
         if args.engine == "vllm":
             return VllmEngine(
-                VllmConfig(url=args.vllm_url, served_model=args.model, capacity=args.vllm_capacity)
+                VllmConfig(
+                    url=args.vllm_url or "", served_model=args.model, capacity=args.vllm_capacity
+                )
             )
         return SimEngine(SimConfig.model_validate(orjson.loads(args.sim_config)))
     except orjson.JSONDecodeError as error:
@@ -81,7 +52,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
         raise ValueError(f"invalid {args.engine} engine settings: {problems}") from None
 
 
-async def serve(args: argparse.Namespace, engine: Engine) -> None:
+async def serve(args: SidecarSettings, engine: Engine) -> None:
     """Serve until SIGINT or SIGTERM."""
     engine = MeteredEngine(engine, args.model or args.engine)  # metrics and the engine span
     if args.metrics_listen:
@@ -104,7 +75,7 @@ async def serve(args: argparse.Namespace, engine: Engine) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``llmgw-sidecar`` console script."""
-    args = parse_args(argv)
+    args = parse_settings(argv)
     configure_logging("sidecar", args.log_level)
     configure_tracing("llmgw-sidecar")
     # httpx logs every request at INFO: one line per health poll and per generation.

@@ -7,31 +7,20 @@ threads.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 
 from common.observability.logs import configure_logging
 from common.observability.metrics import prepare_multiprocess, serve_metrics
+from common.settings import load_settings
 from gateway.config import ConfigError, load_config
 from gateway.settings import GatewaySettings
 from gateway.tenancy.runtime import check_tenants
 
 
 def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
-    """Flags override LLMGW_GATEWAY_* variables, which override defaults."""
-    parser = argparse.ArgumentParser(prog="llmgw-gateway", description=__doc__)
-    parser.add_argument("--listen")
-    parser.add_argument("--config")
-    parser.add_argument("--workers", type=int)
-    parser.add_argument("--log-level")
-    parser.add_argument("--metrics-listen", help="host:port for /metrics; '' disables")
-    parser.add_argument("--tenants", help="tenant file; without one, no keys and no limits")
-    parser.add_argument("--redis-url", help="Redis for limits and metering (default: in memory)")
-    parser.add_argument("--redis-cluster", action="store_const", const=True)
-    parser.add_argument("--redis-failure", choices=("open", "closed"))
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return GatewaySettings(**given)
+    """Flags override LLMGW_GATEWAY_* variables, which override the defaults in GatewaySettings."""
+    return load_settings(GatewaySettings, argv, "llmgw-gateway", __doc__)
 
 
 def main(argv: list[str] | None = None) -> None:

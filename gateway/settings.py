@@ -14,9 +14,11 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LLMGW_GATEWAY_", extra="forbid")
 
-    listen: str = "127.0.0.1:50051"
-    config: Path = Path("config/gateway.yaml")
-    workers: int = Field(default=1, ge=1, le=64)
+    listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC API.")
+    config: Path = Field(default=Path("config/gateway.yaml"), description="Routing file (YAML).")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Processes sharing the port (SO_REUSEPORT)."
+    )
     log_level: str = "INFO"
     metrics_listen: str = Field(
         default="127.0.0.1:9101",
@@ -27,7 +29,7 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis for limits and metering; in memory if unset."
     )
-    redis_cluster: bool = False
+    redis_cluster: bool = Field(default=False, description="The Redis URL is a Redis Cluster.")
     redis_failure: Literal["open", "closed"] = Field(
         default="open", description="When Redis is unreachable: serve (open) or 503 (closed)."
     )

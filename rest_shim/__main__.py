@@ -1,46 +1,78 @@
-"""Run the REST shim: ``python -m rest_shim --port 8080 --gateway 127.0.0.1:50051``."""
+"""Run the REST shim: ``python -m rest_shim --port 8080 --gateway 127.0.0.1:50051``.
+
+With ``--workers N`` the parent binds the port once and starts N worker
+processes that share the socket; each builds the app from the settings
+object it is handed (no environment round trip).
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
-
-import uvicorn
+import multiprocessing
+import signal
+import socket
+from types import FrameType
 
 from common.observability.logs import configure_logging
-from common.observability.metrics import prepare_multiprocess, serve_metrics
+from common.observability.metrics import mark_worker_dead, prepare_multiprocess, serve_metrics
+from common.settings import load_settings
 from rest_shim.settings import ShimSettings
+
+
+def bind(settings: ShimSettings) -> socket.socket:
+    """The listening socket every worker accepts on."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_workers(settings: ShimSettings) -> None:
+    """Start ``settings.workers`` processes on one socket; forward SIGINT/SIGTERM to them
+    and return when all have stopped."""
+    sock = bind(settings)
+    # spawn, not fork: a fresh interpreter per worker, as uvicorn's own supervisor does.
+    context = multiprocessing.get_context("spawn")
+    from rest_shim.worker import run_worker
+
+    workers = [
+        context.Process(target=run_worker, args=(settings, [sock]), daemon=False)
+        for _ in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()  # SIGTERM: each uvicorn drains on its own
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for worker in workers:
+        worker.join()
+        if worker.pid is not None:
+            mark_worker_dead(worker.pid)
+    sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``llmgw-shim`` console script."""
-    parser = argparse.ArgumentParser(prog="llmgw-shim", description=__doc__)
-    flags = ("--host", "--port", "--gateway", "--workers", "--max-body-bytes", "--log-level")
-    for flag in (*flags, "--metrics-listen"):
-        parser.add_argument(flag)
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    settings = ShimSettings(**given)
-    # Workers are separate processes that build the app from the environment.
-    for name, value in settings.model_dump().items():
-        os.environ[f"LLMGW_SHIM_{name.upper()}"] = str(value)
+    settings = load_settings(ShimSettings, argv, "llmgw-shim", __doc__)
     configure_logging("shim", settings.log_level)
     if settings.workers > 1:
         prepare_multiprocess()  # before any worker imports prometheus-client
     if settings.metrics_listen:
         host, port = settings.metrics_listen.rsplit(":", 1)
         serve_metrics(host, int(port))
-    uvicorn.run(
-        "rest_shim.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        log_config=None,  # keep our JSON logging
-    )
+    if settings.workers == 1:
+        from rest_shim.worker import run_worker
+
+        run_worker(settings)
+    else:
+        run_workers(settings)
 
 
 if __name__ == "__main__":

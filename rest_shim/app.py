@@ -13,8 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from common.grpcutil.server import CHANNEL_OPTIONS
-from common.observability.logs import configure_logging
-from common.observability.tracing import configure_tracing, grpc_client_interceptors
+from common.observability.tracing import grpc_client_interceptors
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
@@ -190,11 +189,3 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
         return json_response({"status": "ready"})
 
     return app
-
-
-def app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: settings come from LLMGW_SHIM_* variables."""
-    settings = ShimSettings()
-    configure_logging("shim", settings.log_level)
-    configure_tracing("llmgw-shim")
-    return create_app(settings)

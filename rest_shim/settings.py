@@ -11,12 +11,16 @@ class ShimSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LLMGW_SHIM_", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port of the REST API.")
     gateway: str = Field(default="127.0.0.1:50051", description="gRPC address of the gateway.")
-    workers: int = Field(default=1, ge=1, le=64)
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    request_timeout_s: float = Field(default=600.0, gt=0)
+    workers: int = Field(default=1, ge=1, le=64, description="Processes sharing the port.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    request_timeout_s: float = Field(
+        default=600.0, gt=0, description="Deadline of one request to the gateway."
+    )
     sse_keepalive_s: float = Field(
         default=15.0, gt=0, description="SSE comment interval while waiting for a first token."
     )

@@ -25,6 +25,8 @@ def prepare_multiprocess() -> str:
     folder = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="llmgw-metrics-")
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder, exist_ok=True)
+    # prometheus-client reads this variable, and only this, in every worker it runs in:
+    # the one environment write left, made for the library, never for our settings.
     os.environ[MULTIPROC_ENV] = folder
     return folder
 

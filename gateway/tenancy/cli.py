@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import grpc
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.config import ConfigError
 from gateway.tenancy import tenant_file
@@ -30,8 +31,22 @@ from llmgw.v1 import usage_pb2 as pb
 from llmgw.v1 import usage_pb2_grpc as pb_grpc
 
 
+class CliSettings(BaseSettings):
+    """What the commands take from the environment when no flag says otherwise: the
+    same variable names the gateway and the clients use. Read once, in ``main``."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    tenants: Path | None = Field(default=None, validation_alias="LLMGW_GATEWAY_TENANTS")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379", validation_alias="LLMGW_GATEWAY_REDIS_URL"
+    )
+    api_key: SecretStr | None = Field(default=None, validation_alias="LLMGW_API_KEY")
+    gateway: str = Field(default="127.0.0.1:50051", validation_alias="LLMGW_GATEWAY")
+
+
 def _tenants_path(args: argparse.Namespace) -> Path:
-    value = args.tenants or os.environ.get("LLMGW_GATEWAY_TENANTS")
+    value = args.tenants or args.env.tenants
     if not value:
         raise ConfigError("no tenant file: pass --tenants FILE or set LLMGW_GATEWAY_TENANTS")
     return Path(value)
@@ -127,7 +142,7 @@ def _cmd_tenants_list(args: argparse.Namespace) -> int:
 
 
 async def _get_usage(args: argparse.Namespace) -> pb.GetUsageResponse:
-    key = args.key or os.environ.get("LLMGW_API_KEY")
+    key = args.key or (args.env.api_key.get_secret_value() if args.env.api_key else None)
     if not key:
         raise ConfigError("no API key: pass --key or set LLMGW_API_KEY")
     end = int(time.time())
@@ -250,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     tlist.set_defaults(run=_cmd_tenants_list)
 
     usage = commands.add_parser("usage", help="a tenant's usage as a table (through the gateway)")
-    usage.add_argument("--gateway", default=os.environ.get("LLMGW_GATEWAY", "127.0.0.1:50051"))
+    usage.add_argument("--gateway", help="the gateway's address (default: $LLMGW_GATEWAY)")
     usage.add_argument("--key", help="API key (default: $LLMGW_API_KEY); an admin key sees all")
     usage.add_argument("--tenant", help="with an admin key: one tenant")
     usage.add_argument("--granularity", choices=("hour", "day"), default="day")
@@ -262,9 +277,7 @@ def parser() -> argparse.ArgumentParser:
         "events", help="export a tenant's usage events (JSON lines) from Redis"
     )
     events.add_argument("--tenant", required=True)
-    events.add_argument(
-        "--redis-url", default=os.environ.get("LLMGW_GATEWAY_REDIS_URL", "redis://127.0.0.1:6379")
-    )
+    events.add_argument("--redis-url", help="default: $LLMGW_GATEWAY_REDIS_URL")
     events.add_argument("--redis-cluster", action="store_true")
     events.add_argument("--after", default="-", help="stream entry id to resume after")
     events.set_defaults(run=_cmd_usage_events)
@@ -274,6 +287,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run one command; a bad file or argument is one line on stderr and exit status 2."""
     args = parser().parse_args(argv)
+    args.env = CliSettings()
+    for name in ("gateway", "redis_url"):
+        if getattr(args, name, "") is None:
+            setattr(args, name, getattr(args.env, name))
     try:
         return int(args.run(args))
     except ConfigError as error:

@@ -1,0 +1,46 @@
+"""Process settings of a sidecar, from flags and LLMGW_SIDECAR_* variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SidecarSettings(BaseSettings):
+    """Which engine the sidecar fronts, where it listens, and the engine's own settings."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMGW_SIDECAR_", extra="forbid")
+
+    engine: Literal["sim", "vllm"] = Field(default="sim", description="Engine behind the sidecar.")
+    listen: str = Field(default="127.0.0.1:50061", description="host:port of the sidecar's gRPC.")
+    model: str | None = Field(
+        default=None,
+        description="Model name the engine serves (vllm: its --served-model-name; "
+        "learnt from vLLM's /v1/models when omitted).",
+    )
+    sim_config: str = Field(
+        default="{}",
+        description='Simulator settings as JSON, e.g. \'{"ttft_ms": 50, "itl_ms": 10}\'.',
+    )
+    vllm_url: str | None = Field(
+        default=None, description="vLLM's HTTP server, e.g. http://127.0.0.1:8000."
+    )
+    vllm_capacity: int = Field(default=256, ge=1, description="vLLM's --max-num-seqs, for GetLoad.")
+    metrics_listen: str = Field(
+        default="", description="host:port for Prometheus /metrics; empty disables."
+    )
+    log_level: str = "INFO"
+    stream_interval_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Hold deltas this long after each message so they go out merged "
+        "(0: off; the first token is never held).",
+    )
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> SidecarSettings:
+        if self.engine == "vllm" and not self.vllm_url:
+            raise ValueError("--engine vllm needs --vllm-url")
+        return self
