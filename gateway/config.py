@@ -13,11 +13,30 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.routing.policies import DEFAULT_POLICY, POLICIES
+
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid."""
+
+
+class AffinityConfig(BaseModel):
+    """Tunables of the ``prefix_affinity`` policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    load_factor: float = Field(
+        default=1.25,
+        ge=1.0,
+        description="A replica keeps its keys while its load is within this x the mean load.",
+    )
+    prefix_chars: int = Field(
+        default=4096,
+        ge=1,
+        description="Characters of each opening message (through the first user message) hashed.",
+    )
 
 
 class ModelConfig(BaseModel):
@@ -41,6 +60,24 @@ class ModelConfig(BaseModel):
     max_inflight_per_endpoint: int = Field(
         default=256, ge=1, description="Requests one gateway process sends one endpoint at once."
     )
+    lb_policy: str = Field(
+        default=DEFAULT_POLICY,
+        description="How an endpoint is chosen: " + ", ".join(POLICIES) + ".",
+    )
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
+    panic_threshold_percent: float = Field(
+        default=50.0,
+        ge=0,
+        le=100,
+        description="Below this share of healthy endpoints, route over all of them (0: never).",
+    )
+
+    @field_validator("lb_policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        if name not in POLICIES:
+            raise ValueError(f"unknown lb_policy {name!r}; known: {', '.join(POLICIES)}")
+        return name
 
     @field_validator("endpoints")
     @classmethod

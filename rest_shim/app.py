@@ -23,8 +23,9 @@ from rest_shim.openai_request import parse_body, to_params
 from rest_shim.settings import ShimSettings
 from rest_shim.usage import router as usage_router
 
-# Headers forwarded to the gateway as gRPC metadata (credentials live there, not here).
-_FORWARDED_HEADERS = ("authorization",)
+# Headers forwarded to the gateway as gRPC metadata (credentials live there, not here;
+# x-session-id keeps a conversation on one replica for its prefix cache).
+_FORWARDED_HEADERS = ("authorization", "x-session-id")
 
 
 class GatewayClient:

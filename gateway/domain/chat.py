@@ -53,6 +53,7 @@ class ChatRequest:
     frequency_penalty: float | None = None
     n: int | None = None
     user: str = ""
+    session_id: str = ""  # x-session-id: keeps a conversation on one replica (prefix cache)
 
 
 @dataclass(frozen=True, slots=True)

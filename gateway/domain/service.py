@@ -21,6 +21,7 @@ from gateway.domain.chat import ChatRequest, Finished, Generation, Routed, Strea
 from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
 from gateway.domain.ports import BackendPort
 from gateway.domain.resilience import ResiliencePolicy
+from gateway.domain.routing_key import request_key
 from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
 from gateway.errors import (
     BackendFailed,
@@ -185,6 +186,7 @@ class ChatCompletionService:
         """
         policy = self._policy
         self._budget.on_request()
+        key = request_key(completion.request)
         attempts = 0
         error: GatewayError = BackendUnavailable("No backend is available for this model.")
         previous: ModelRoute | None = None
@@ -203,6 +205,7 @@ class ChatCompletionService:
                         span.set_attribute("llmgw.model", route.name)
                         span.set_attribute("llmgw.queue_depth", route.pool.queue.depth)
                         endpoint = await route.pool.acquire(
+                            key=key,
                             tenant=completion.tenant,
                             priority=completion.priority,
                             timeout_s=policy.queue_timeout_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.config import GatewayConfig
 from gateway.routing.breaker import BreakerPolicy
 from gateway.routing.limits import OutputLimits
+from gateway.routing.policies import PolicySettings, make_policy
 from gateway.routing.pool import EndpointPool
 from gateway.routing.registry import ModelRegistry, ModelRoute
 
@@ -22,6 +23,14 @@ def build_registry(config: GatewayConfig) -> ModelRegistry:
                 m.endpoints,
                 breaker_policy=BreakerPolicy(**config.resilience.breaker.model_dump()),
                 max_inflight=m.max_inflight_per_endpoint,
+                policy=make_policy(
+                    m.lb_policy,
+                    PolicySettings(
+                        load_factor=m.affinity.load_factor,
+                        prefix_chars=m.affinity.prefix_chars,
+                    ),
+                ),
+                panic_threshold=m.panic_threshold_percent,
             ),
             fallbacks=tuple(m.fallbacks),
         )

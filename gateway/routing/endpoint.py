@@ -26,11 +26,12 @@ class Endpoint:
     max_inflight: int
     outstanding: int = 0
     healthy: bool = True
+    draining: bool = False  # removed from its pool: in-flight requests finish, no new ones
     load: LoadSnapshot = field(default_factory=LoadSnapshot)
 
     def usable(self) -> bool:
-        """Healthy and the breaker would let a request through."""
-        return self.healthy and self.breaker.would_allow()
+        """Healthy, not draining, and the breaker would let a request through."""
+        return self.healthy and not self.draining and self.breaker.would_allow()
 
     def has_room(self) -> bool:
         """Below this process's in-flight bound for the endpoint."""

@@ -19,8 +19,9 @@ FINISH_REASONS = {
 }
 
 
-def to_chat_request(params: pb.ChatCompletionParams) -> ChatRequest:
-    """Convert request params; unknown roles become None and fail validation."""
+def to_chat_request(params: pb.ChatCompletionParams, session_id: str = "") -> ChatRequest:
+    """Convert request params; unknown roles become None and fail validation.
+    ``session_id`` is the ``x-session-id`` metadata (routing affinity)."""
 
     return ChatRequest(
         model=params.model,
@@ -47,6 +48,7 @@ def to_chat_request(params: pb.ChatCompletionParams) -> ChatRequest:
         ),
         n=params.n if params.HasField("n") else None,
         user=params.user,
+        session_id=session_id,
     )
 
 

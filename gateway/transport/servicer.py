@@ -29,6 +29,16 @@ _INTERNAL = build_status(
 # Response metadata naming what served the request (REST: the same-named headers).
 MODEL_HEADER = "x-llmgw-model"
 BACKEND_HEADER = "x-llmgw-backend"
+# Request metadata naming a conversation, for prefix-cache affinity (REST: the same header).
+SESSION_HEADER = "x-session-id"
+
+
+def session_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's ``x-session-id`` metadata, or empty."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_HEADER and isinstance(value, str):
+            return value
+    return ""
 
 
 def routing_metadata(routed: Routed) -> tuple[tuple[str, str], ...]:
@@ -70,7 +80,9 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         """Generate the whole completion, then answer once."""
         try:
             completion = self._service.admit(
-                to_chat_request(request.params), *caller(), allowed=allowed_models()
+                to_chat_request(request.params, session_id(context)),
+                *caller(),
+                allowed=allowed_models(),
             )
             span = trace.get_current_span()
             annotate_admitted(span, completion)
@@ -102,7 +114,9 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         ContentDelta = pb.ContentDelta
         try:
             completion = self._service.admit(
-                to_chat_request(request.params), *caller(), allowed=allowed_models()
+                to_chat_request(request.params, session_id(context)),
+                *caller(),
+                allowed=allowed_models(),
             )
             span = trace.get_current_span()
             annotate_admitted(span, completion)

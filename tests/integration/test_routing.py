@@ -58,6 +58,7 @@ async def cluster(
     fallbacks: dict[str, list[str]] | None = None,
     resilience: dict[str, object] | None = None,
     max_inflight: int = 256,
+    options: dict[str, dict[str, object]] | None = None,
 ) -> Cluster:
     """Models with one sidecar per SimConfig (a str is a raw address: nothing listening)."""
     engines: dict[str, list[SimEngine]] = {}
@@ -80,6 +81,7 @@ async def cluster(
                 "endpoints": addresses,
                 "fallbacks": (fallbacks or {}).get(name, []),
                 "max_inflight_per_endpoint": max_inflight,
+                **(options or {}).get(name, {}),
             }
         )
     config = GatewayConfig.model_validate(
@@ -167,9 +169,15 @@ async def test_a_stall_after_the_first_token_ends_with_an_error(cleanup: list[Cl
     await wait_until(lambda: c.engines["m"][0].active == 0)
 
 
+# Health ejection alone: panic mode (which would still try a wholly unhealthy pool) off.
+NO_PANIC = {"panic_threshold_percent": 0}
+
+
 async def test_a_down_pool_falls_back_to_the_next_model(cleanup: list[Cluster]) -> None:
     c = await cluster(
-        {"large": ["127.0.0.1:1"], "small": [SimConfig()]}, fallbacks={"large": ["small"]}
+        {"large": ["127.0.0.1:1"], "small": [SimConfig()]},
+        fallbacks={"large": ["small"]},
+        options={"large": NO_PANIC},
     )
     cleanup.append(c)
     model, _, events = await stream(c, "large")
@@ -187,12 +195,36 @@ async def test_a_down_pool_falls_back_to_the_next_model(cleanup: list[Cluster]) 
 async def test_without_fallback_a_down_pool_is_unavailable_with_retry_after(
     cleanup: list[Cluster],
 ) -> None:
-    c = await cluster({"m": ["127.0.0.1:1"]})
+    c = await cluster({"m": ["127.0.0.1:1"]}, options={"m": NO_PANIC})
     cleanup.append(c)
     await wait_until(lambda: not c.gateway.service.registry.resolve("m").pool.usable())
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stream(c)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("panic_threshold", [50, 0])
+async def test_panic_mode_serves_a_pool_whose_health_checks_all_time_out(
+    cleanup: list[Cluster], panic_threshold: int
+) -> None:
+    # Health checks with an impossible deadline time out, as they do on an
+    # overloaded machine, while the sidecars themselves serve fine (and once
+    # ejected, an endpoint stays out for the whole test).
+    c = await cluster(
+        {"m": [SimConfig(), SimConfig()]},
+        resilience={"health": {**FAST_HEALTH, "timeout_s": 1e-6, "healthy_threshold": 10**6}},
+        options={"m": {"panic_threshold_percent": panic_threshold}},
+    )
+    cleanup.append(c)
+    pool = c.gateway.service.registry.resolve("m").pool
+    await wait_until(lambda: not any(e.healthy for e in pool.endpoints))
+    if panic_threshold:
+        backends = {(await stream(c))[1] for _ in range(12)}
+        assert len(backends) == 2  # spread over the whole pool, not refused
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream(c)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_a_saturated_pool_queues_then_times_out_or_falls_back(cleanup: list[Cluster]) -> None:
@@ -357,3 +389,36 @@ async def test_fallback_skips_models_the_caller_may_not_use(cleanup: list[Cluste
     assert allowed.routed.model == "small" and isinstance(allowed.finished, Finished)
     with pytest.raises(BackendUnavailable):
         await service.complete(service.admit(request, "t", 0, allowed=frozenset({"large"})))
+
+
+async def test_a_session_stays_on_one_replica_over_grpc_and_rest(cleanup: list[Cluster]) -> None:
+    c = await cluster(
+        {"m": [SimConfig(), SimConfig(), SimConfig()]},
+        options={"m": {"lb_policy": "prefix_affinity"}},
+    )
+    cleanup.append(c)
+    homes: dict[str, set[str]] = {}
+    for i in range(16):
+        session = f"conversation-{i % 8}"
+        call = c.chat.StreamChatCompletion(
+            pb.StreamChatCompletionRequest(params=params("m")),
+            metadata=(("x-session-id", session),),
+        )
+        _ = [e async for e in call]
+        backend = dict(await call.initial_metadata())["x-llmgw-backend"]
+        homes.setdefault(session, set()).add(str(backend))
+    assert all(len(b) == 1 for b in homes.values())  # each session on one replica
+    assert len(set().union(*homes.values())) >= 2  # and sessions spread (all 8 on one: 0.05 %)
+    shim, task = await start_shim(f"127.0.0.1:{c.gateway.port}")
+    try:
+        async with httpx.AsyncClient(base_url=shim.base_url) as http:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            for session, (home,) in homes.items():
+                response = await http.post(
+                    "/v1/chat/completions", json=body, headers={"x-session-id": session}
+                )
+                assert response.status_code == 200
+                assert response.headers["x-llmgw-backend"] == home  # same key over REST
+    finally:
+        shim.server.should_exit = True
+        await task
