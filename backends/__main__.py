@@ -12,12 +12,8 @@ import logging
 import signal
 import sys
 
-import orjson
-from pydantic import ValidationError
-
 from backends.engine import Engine
-from backends.engines.sim import SimConfig, SimEngine
-from backends.engines.vllm import VllmConfig, VllmEngine
+from backends.engines import registry
 from backends.metered import MeteredEngine
 from backends.server import start_sidecar
 from backends.settings import SidecarSettings
@@ -34,22 +30,10 @@ def parse_settings(argv: list[str] | None = None) -> SidecarSettings:
 
 
 def build_engine(args: SidecarSettings) -> Engine:
-    """The engine the options name; raise ValueError with a readable message if invalid."""
-    try:
-        if args.engine == "vllm":
-            return VllmEngine(
-                VllmConfig(
-                    url=args.vllm_url or "", served_model=args.model, capacity=args.vllm_capacity
-                )
-            )
-        return SimEngine(SimConfig.model_validate(orjson.loads(args.sim_config)))
-    except orjson.JSONDecodeError as error:
-        raise ValueError(f"--sim-config is not valid JSON: {error}") from None
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()
-        )
-        raise ValueError(f"invalid {args.engine} engine settings: {problems}") from None
+    """The engine the settings name (via the engine registry); ValueError if invalid."""
+    return registry.build_engine(
+        args.engine, registry.engine_settings(args.engine, args, args.engine_config)
+    )
 
 
 async def serve(args: SidecarSettings, engine: Engine) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,7 +11,14 @@ class SidecarSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LLMGW_SIDECAR_", extra="forbid")
 
-    engine: Literal["sim", "vllm"] = Field(default="sim", description="Engine behind the sidecar.")
+    engine: str = Field(
+        default="sim",
+        description="Engine behind the sidecar (one of backends/engines/registry.py's ENGINES).",
+    )
+    engine_config: str = Field(
+        default="{}",
+        description="The engine's settings as a JSON object (validated by its settings class).",
+    )
     listen: str = Field(default="127.0.0.1:50061", description="host:port of the sidecar's gRPC.")
     model: str | None = Field(
         default=None,
@@ -39,8 +44,17 @@ class SidecarSettings(BaseSettings):
         "(0: off; the first token is never held).",
     )
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, name: str) -> str:
+        from backends.engines.registry import engine_names  # the engines import httpx &c.
+
+        if name not in engine_names():
+            raise ValueError(f"unknown engine {name!r}; known: {', '.join(engine_names())}")
+        return name
+
     @model_validator(mode="after")
     def _engine_needs(self) -> SidecarSettings:
-        if self.engine == "vllm" and not self.vllm_url:
+        if self.engine == "vllm" and not self.vllm_url and '"url"' not in self.engine_config:
             raise ValueError("--engine vllm needs --vllm-url")
         return self
