@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.workers > 1 and settings.listen.endswith(":0"):
-        raise SystemExit("--workers > 1 needs a fixed port: processes must share it")
+    if settings.workers > 1 and (
+        settings.listen.endswith(":0") or settings.admin_listen.endswith(":0")
+    ):
+        raise SystemExit("--workers > 1 needs fixed ports: processes must share them")
     if settings.workers > 1:
         # Before prometheus-client is imported anywhere: workers share samples.
         prepare_multiprocess()

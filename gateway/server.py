@@ -40,9 +40,13 @@ class RunningGateway:
     backends: GrpcBackendClient
     monitor: EndpointMonitor
     tenancy: Tenancy | None = None
+    admin_server: grpc.aio.Server | None = None
+    admin_port: int | None = None
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, stop health checks and close the backend channels."""
+        if self.admin_server is not None:
+            await self.admin_server.stop(grace)
         await self.server.stop(grace)
         if self.tenancy is not None:
             await self.tenancy.close()
@@ -51,12 +55,18 @@ class RunningGateway:
 
 
 async def start_gateway(
-    config: GatewayConfig, address: str = "127.0.0.1:0", tenancy: TenancyOptions | None = None
+    config: GatewayConfig,
+    address: str = "127.0.0.1:0",
+    tenancy: TenancyOptions | None = None,
+    admin_address: str | None = None,
 ) -> RunningGateway:
     """Start a gateway serving ``config`` on ``address`` (port 0 picks one).
 
     ``tenancy`` None serves everyone without keys or limits (tests, trusted
     networks); otherwise API keys, rate limits and metering are enforced.
+    ``admin_address`` serves the AdminService on a port of its own (and not
+    on ``address``), so deployments publish the API without the admin surface;
+    None keeps it on the API port.
     """
     backends = GrpcBackendClient()
     registry = build_registry(config)
@@ -81,15 +91,30 @@ async def start_gateway(
     names = (*SERVICE_NAMES, USAGE_SERVICE) if tenants is not None else SERVICE_NAMES
     if tenants is not None:
         usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(tenants.gate), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
+    admin_server = None
+    if admin_address is None:
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
+    else:
+        admin_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), admin_server)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(service), server)
     chat_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(service, int(time.time())), server
     )
-    health = add_health_and_reflection(server, (*names, ADMIN_SERVICE))
+    health = add_health_and_reflection(
+        server, (*names, ADMIN_SERVICE) if admin_server is None else names
+    )
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
+    admin_port = None
+    if admin_server is not None and admin_address is not None:
+        admin_health = add_health_and_reflection(admin_server, (ADMIN_SERVICE,))
+        admin_port = admin_server.add_insecure_port(admin_address)
+        if admin_port == 0:
+            raise RuntimeError(f"could not bind the admin address {admin_address}")
+        await admin_server.start()
+        await mark_serving(admin_health, (ADMIN_SERVICE,))
     await server.start()
     monitor.start()
     if tenants is not None:
@@ -102,6 +127,8 @@ async def start_gateway(
         backends=backends,
         monitor=monitor,
         tenancy=tenants,
+        admin_server=admin_server,
+        admin_port=admin_port,
     )
 
 

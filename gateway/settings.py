@@ -15,6 +15,11 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMGW_GATEWAY_", extra="forbid")
 
     listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC API.")
+    admin_listen: str = Field(
+        default="",
+        description="host:port of the AdminService on a port of its own; empty serves it "
+        "on the API port. Deployments bind it to loopback or a private network.",
+    )
     config: Path = Field(default=Path("config/gateway.yaml"), description="Routing file (YAML).")
     workers: int = Field(
         default=1, ge=1, le=64, description="Processes sharing the port (SO_REUSEPORT)."
