@@ -13,7 +13,7 @@ from functools import cache
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from backends.engine import Delta, Engine, EngineError, EngineRequest, Finished, LoadReport
@@ -55,8 +55,8 @@ class EngineLoadCollector(Collector):
         self._engine = engine
         self._model = model
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Running, waiting and capacity now."""
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Running, waiting and capacity now; prefix-cache counters if the engine keeps them."""
         report: LoadReport = self._engine.load()
         for name, value, doc in (
             ("llmgw_sidecar_engine_running", report.running, "Sequences being generated."),
@@ -66,6 +66,23 @@ class EngineLoadCollector(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model"])
             family.add_metric([self._model], value)
             yield family
+        # Optional capability (the simulator has it): like vLLM's prefix_cache_* counters.
+        stats_of = getattr(self._engine, "prefix_cache_stats", None)
+        if stats_of is None:
+            return
+        stats = stats_of()
+        for name, value, doc in (
+            ("llmgw_sidecar_prefix_cache_queries", stats.queries, "Prompt tokens looked up."),
+            ("llmgw_sidecar_prefix_cache_hits", stats.hits, "Prompt tokens found cached."),
+        ):
+            counter = CounterMetricFamily(name, doc + " (prefix cache)", labels=["model"])
+            counter.add_metric([self._model], value)
+            yield counter
+        blocks = GaugeMetricFamily(
+            "llmgw_sidecar_prefix_cache_blocks", "Blocks in the prefix cache.", labels=["model"]
+        )
+        blocks.add_metric([self._model], stats.blocks)
+        yield blocks
 
 
 class MeteredEngine:

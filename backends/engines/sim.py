@@ -2,7 +2,8 @@
 
 It is what the zero-setup demo, the tests and the load tests run on, so it
 behaves like a continuous-batching engine where it matters to a gateway:
-a time to first token (plus prefill time that grows with the prompt), an
+a time to first token (plus prefill time for the prompt tokens its
+prefix cache does not hold, see ``prefix_cache``), an
 inter-token latency, a fixed number of concurrent sequences with a real
 FIFO waiting queue behind them (so load reports and queue depth are real),
 a bounded queue that refuses work when full, prompt aborts, and failure
@@ -31,6 +32,9 @@ from backends.engine import (
     FinishReason,
     LoadReport,
 )
+from backends.engines.prefix_cache import PrefixCache, PrefixCacheStats, prompt_text
+
+_sleep = asyncio.sleep  # the engine's only clock wait (a test may record the delays)
 
 _FALLBACK_VOCABULARY = ("the", "gateway", "streams", "tokens", "from", "a", "simulated", "engine")
 
@@ -53,8 +57,16 @@ class SimConfig(BaseModel):
 
     ttft_ms: float = Field(default=0.0, ge=0, description="Base time to first token.")
     prefill_ms_per_1k_tokens: float = Field(
-        default=0.0, ge=0, description="Extra time to first token per 1000 prompt tokens."
+        default=0.0,
+        ge=0,
+        description="Extra time to first token per 1000 prompt tokens not in the prefix cache.",
     )
+    prefix_cache_blocks: int = Field(
+        default=8192,
+        ge=0,
+        description="Prefix (KV) cache size in blocks, least recently used evicted; 0: off.",
+    )
+    block_tokens: int = Field(default=16, ge=1, description="Tokens per prefix-cache block.")
     itl_ms: float = Field(default=0.0, ge=0, description="Time between two tokens.")
     output_tokens: int = Field(default=64, ge=1, description="Natural answer length in tokens.")
     max_concurrency: int = Field(default=256, ge=1, description="Sequences generated at once.")
@@ -89,6 +101,7 @@ class SimEngine:
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self._counters = _Counters()
         self._random = random.Random(self.config.random_seed)
+        self._prefix_cache = PrefixCache(self.config.prefix_cache_blocks, self.config.block_tokens)
 
     @property
     def active(self) -> int:
@@ -109,6 +122,10 @@ class SimEngine:
     def started(self) -> int:
         """Requests admitted since start."""
         return self._counters.started
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """Prefix-cache queries and hits (tokens) since start."""
+        return self._prefix_cache.stats
 
     def load(self) -> LoadReport:
         """Report running and waiting sequences against capacity."""
@@ -178,11 +195,17 @@ class SimEngine:
         cfg = self.config
         slow = cfg.slow_factor if fault is FailureMode.SLOW else 1.0
         loop = asyncio.get_running_loop()
-        ttft = (cfg.ttft_ms + cfg.prefill_ms_per_1k_tokens * prompt_tokens / 1000) * slow / 1000
+        # Prefill only what the cache does not hold (looked up once the request runs, as
+        # an engine does when it schedules it).
+        cached = self._prefix_cache.lookup_and_store(
+            prompt_text([(m.role, m.content) for m in request.messages]), prompt_tokens
+        )
+        prefill = cfg.prefill_ms_per_1k_tokens * (prompt_tokens - cached) / 1000
+        ttft = (cfg.ttft_ms + prefill) * slow / 1000
         itl = cfg.itl_ms * slow / 1000
         due = loop.time() + ttft
         if ttft > 0:
-            await asyncio.sleep(ttft)
+            await _sleep(ttft)
         if fault is FailureMode.HANG:
             await asyncio.Event().wait()  # until cancelled, like a wedged engine
         words = _vocabulary(request)
@@ -214,7 +237,7 @@ class SimEngine:
                 due += itl
                 delay = due - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await _sleep(delay)
         reason = FinishReason.STOP if produced >= natural else FinishReason.LENGTH
         yield Finished(reason, prompt_tokens, produced)
 

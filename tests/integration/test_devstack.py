@@ -89,6 +89,7 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
         for sidecar in metrics[2:]:
             assert "llmgw_sidecar_requests_total{" in scraped[sidecar]
             assert "llmgw_sidecar_engine_capacity{" in scraped[sidecar]
+            assert "llmgw_sidecar_prefix_cache_queries_total{" in scraped[sidecar]
         assert httpx.get(f"http://127.0.0.1:{rest}/metrics").status_code == 404
     finally:
         process.send_signal(signal.SIGINT)

@@ -15,6 +15,7 @@ from backends.engine import (
     Finished,
     FinishReason,
 )
+from backends.engines import sim
 from backends.engines.sim import FailureMode, SimConfig, SimEngine
 
 
@@ -147,3 +148,82 @@ async def test_failure_probability_fails_some_requests_only() -> None:
     )
     failures = sum(isinstance(o, EngineFailed) for o in outcomes)
     assert 60 < failures < 140
+
+
+def conversation(system: str, *turns: str) -> EngineRequest:
+    messages = [EngineMessage("system", system)]
+    for i, text in enumerate(turns):
+        messages.append(EngineMessage("user" if i % 2 == 0 else "assistant", text))
+    return EngineRequest("r", "m", messages, 4)
+
+
+async def test_prefix_cache_hits_the_repeated_prefix_and_prefills_only_the_rest() -> None:
+    engine = SimEngine(SimConfig(output_tokens=2))
+    system = "You are a careful assistant. " * 40  # ~290 tokens
+    first = conversation(system, "what are ducks?")
+    await run(engine, first)
+    stats = engine.prefix_cache_stats()
+    assert stats.hits == 0 and stats.queries > 250
+    queried = stats.queries
+    # The next turn repeats the whole first prompt: all its full blocks are hits.
+    await run(engine, conversation(system, "what are ducks?", "birds", "and geese?"))
+    hits = engine.prefix_cache_stats().hits
+    assert hits >= queried - 16 and hits <= engine.prefix_cache_stats().queries - queried
+    # Another conversation on the same system prompt reuses only the system prompt.
+    before = engine.prefix_cache_stats().hits
+    await run(engine, conversation(system, "tell me about trains"))
+    shared = engine.prefix_cache_stats().hits - before
+    assert 250 <= shared < queried
+
+
+async def test_prefix_cache_time_saved_is_prefill_of_the_cached_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr(sim, "_sleep", record)
+    cfg = SimConfig(ttft_ms=10, prefill_ms_per_1k_tokens=2000, output_tokens=1)  # 2 ms a token
+    long = "word " * 400  # ~500 tokens
+    engine = SimEngine(cfg)
+    await run(engine, conversation(long, "q"))
+    await run(engine, conversation(long, "q"))
+    cold, warm = waits
+    prompt = engine.prefix_cache_stats().queries // 2
+    assert cold == pytest.approx((10 + 2 * prompt) / 1000)
+    # Warm: only the tokens after the last full cached block are prefilled (< one block).
+    assert 0.010 <= warm < (10 + 2 * 16) / 1000
+
+
+async def test_a_full_prefix_cache_evicts_the_least_recently_used_blocks() -> None:
+    engine = SimEngine(SimConfig(output_tokens=1, prefix_cache_blocks=20))
+    a, b = "a" * 64 * 15, "b" * 64 * 15  # 15 blocks each: both do not fit
+    await run(engine, conversation(a, "q"))
+    await run(engine, conversation(b, "q"))
+    before = engine.prefix_cache_stats().hits
+    await run(engine, conversation(a, "q"))  # a's first blocks were evicted by b
+    assert engine.prefix_cache_stats().hits == before
+    off = SimEngine(SimConfig(output_tokens=1, prefix_cache_blocks=0))
+    await run(off, conversation(a, "q"))
+    await run(off, conversation(a, "q"))
+    assert off.prefix_cache_stats().hits == 0
+
+
+async def test_the_sidecar_exports_prefix_cache_counters_like_vllm() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from backends.metered import EngineLoadCollector
+
+    engine = SimEngine(SimConfig(output_tokens=1))
+    system = "x" * 64 * 4
+    for _ in range(2):
+        await run(engine, conversation(system, "q"))
+    registry = CollectorRegistry()
+    registry.register(EngineLoadCollector(engine, "m"))
+    text = generate_latest(registry).decode()
+    stats = engine.prefix_cache_stats()
+    assert f'llmgw_sidecar_prefix_cache_queries_total{{model="m"}} {float(stats.queries)}' in text
+    assert f'llmgw_sidecar_prefix_cache_hits_total{{model="m"}} {float(stats.hits)}' in text
+    assert stats.hits > 0
