@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2
 
 from backends.engine import Engine
 from backends.servicer import BackendServicer
+from common.grpcutil.malformed import MalformedRequestInterceptor
 from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection
 from common.observability.tracing import grpc_server_interceptors
 from llmgw.backend.v1 import backend_pb2, backend_pb2_grpc
@@ -78,7 +79,8 @@ async def start_sidecar(
     reported NOT_SERVING until it is ready.
     """
     server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=grpc_server_interceptors() or None
+        options=SERVER_OPTIONS,
+        interceptors=[*grpc_server_interceptors(), MalformedRequestInterceptor()],
     )
     backend_pb2_grpc.add_BackendServiceServicer_to_server(
         BackendServicer(engine, stream_interval_s), server

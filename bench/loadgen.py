@@ -167,6 +167,7 @@ def _http_request(job: Job) -> bytes:
     )
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {job.address}\r\n"
+        "Authorization: Bearer bench\r\n"  # the shim refuses keyless calls up front
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body

@@ -147,7 +147,13 @@ def vllm_plan(
         )
         for i, (name, alias, fallbacks) in enumerate(MODELS)
     ]
-    return VllmStackPlan(models=models, grpc_port=grpc_port, rest_port=rest_port)
+    return VllmStackPlan(
+        models=models,
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+        # No tenant file on this stack, so no key to require (loopback only).
+        extra_env={"LLMGW_SHIM_REQUIRE_API_KEY": "false"},
+    )
 
 
 def missing_parts(plan: StackPlan) -> list[str]:

@@ -143,6 +143,16 @@ class ResilienceConfig(BaseModel):
     health: HealthConfig = Field(default_factory=HealthConfig)
 
 
+class RequestLimitsConfig(BaseModel):
+    """Caps on one request's size, checked before any per-item work (README "Security")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_list_items: int = Field(
+        default=2048, ge=1, description="Most messages (or other list items) in one request."
+    )
+
+
 class GatewayConfig(BaseModel):
     """The whole routing file."""
 
@@ -150,6 +160,7 @@ class GatewayConfig(BaseModel):
 
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    request_limits: RequestLimitsConfig = Field(default_factory=RequestLimitsConfig)
 
     @model_validator(mode="after")
     def _fallbacks_exist(self) -> GatewayConfig:

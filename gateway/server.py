@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.grpcutil.malformed import MalformedRequestInterceptor
 from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
 from common.observability.tracing import grpc_server_interceptors
 from gateway.adapters.backend_client import GrpcBackendClient
@@ -19,6 +20,7 @@ from gateway.routing.retry_budget import RetryPolicy
 from gateway.telemetry import AccessLog, Observers, PrometheusObserver, export_routing_state
 from gateway.tenancy.runtime import Tenancy, TenancyOptions, build_tenancy
 from gateway.transport.admin_servicer import AdminServicer
+from gateway.transport.request_limits import RequestLimitsInterceptor
 from gateway.transport.servicer import ChatServicer, ModelServicer
 from gateway.transport.tenancy import TenancyInterceptor
 from gateway.transport.usage_servicer import UsageServicer
@@ -85,9 +87,16 @@ async def start_gateway(
     tenants = build_tenancy(tenancy, registry, address) if tenancy is not None else None
     # Tracing first (outermost), so admission runs inside the request's span.
     interceptors = grpc_server_interceptors()
+    # Then cheap refusals that look at no item: undecodable bytes, over-long lists.
+    interceptors.append(MalformedRequestInterceptor())
+    interceptors.append(
+        RequestLimitsInterceptor(
+            (*SERVICE_NAMES, USAGE_SERVICE), config.request_limits.max_list_items
+        )
+    )
     if tenants is not None:
         interceptors.append(TenancyInterceptor(tenants.gate))
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     names = (*SERVICE_NAMES, USAGE_SERVICE) if tenants is not None else SERVICE_NAMES
     if tenants is not None:
         usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(tenants.gate), server)

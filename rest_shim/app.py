@@ -17,15 +17,27 @@ from common.observability.tracing import grpc_client_interceptors
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
+from rest_shim.auth_guard import AuthGuard, gateway_metadata
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.metrics import MetricsMiddleware
 from rest_shim.openai_request import parse_body, to_params
+from rest_shim.request_limits import DecodeGate, RequestLimits
 from rest_shim.settings import ShimSettings
 from rest_shim.usage import router as usage_router
 
-# Headers forwarded to the gateway as gRPC metadata (credentials live there, not here;
-# x-session-id keeps a conversation on one replica for its prefix cache).
-_FORWARDED_HEADERS = ("authorization", "x-session-id")
+# Headers forwarded to the gateway as gRPC metadata besides the credential
+# (x-session-id keeps a conversation on one replica for its prefix cache).
+_FORWARDED_HEADERS = ("x-session-id",)
+
+
+def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
+    """The credential, then the other forwarded headers that gRPC metadata can carry."""
+    forwarded = tuple(
+        (h, v)
+        for h in _FORWARDED_HEADERS
+        if (v := request.headers.get(h)) is not None and v.isascii() and v.isprintable()
+    )
+    return gateway_metadata(request) + forwarded
 
 
 class GatewayClient:
@@ -64,10 +76,6 @@ async def read_body(request: Request, limit: int) -> bytes:
 def json_response(data: object, status_code: int = 200) -> Response:
     """JSON via orjson (FastAPI's own encoder is not needed for these fixed shapes)."""
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
-
-
-def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
-    return tuple((h, v) for h in _FORWARDED_HEADERS if (v := request.headers.get(h)) is not None)
 
 
 def create_app(settings: ShimSettings | None = None) -> FastAPI:
@@ -118,12 +126,21 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
             ApiError(500, "The server had an error while processing your request.", "server_error")
         )
 
+    if settings.require_api_key:
+        # Inside the metrics middleware, so refusals are counted too.
+        app.add_middleware(AuthGuard, max_bytes=settings.max_api_key_bytes)
     app.add_middleware(MetricsMiddleware)
+    limits = RequestLimits(
+        max_messages=settings.max_messages, max_content_parts=settings.max_content_parts
+    )
+    decode_gate = DecodeGate()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = parse_body(await read_body(request, settings.max_body_bytes))
-        params = to_params(body)
+        raw = await read_body(request, settings.max_body_bytes)
+        body, params = await decode_gate.run(
+            len(raw), lambda: (b := parse_body(raw, limits), to_params(b))
+        )
         gateway: GatewayClient = request.app.state.gateway
         metadata = _metadata(request)
         timeout = settings.request_timeout_s

@@ -78,6 +78,11 @@ class MetricsMiddleware:
         m.inflight.inc()
         try:
             await self.app(scope, receive, recording_send)
+        except Exception:
+            # Starlette's outermost error middleware answers 500 after we see the
+            # exception go by: count it as the 500 the client gets, not as a 499.
+            status = status or 500
+            raise
         finally:
             m.inflight.dec()
             # 499: the client went away before a status was sent (nginx's convention).

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmgw.v1 import chat_pb2 as pb
 from rest_shim.errors import ApiError, invalid_request
+from rest_shim.request_limits import DEFAULT_LIMITS, RequestLimits, check_counts
 
 _INT32_MAX = 2**31 - 1
 _INT64 = (-(2**63), 2**63 - 1)
@@ -110,7 +111,7 @@ _FIELD_NAMES = (
 )
 
 
-def parse_body(raw: bytes) -> ChatCompletionBody:
+def parse_body(raw: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatCompletionBody:
     """Decode and type-check a request body; raise ApiError (400) naming the problem."""
     try:
         data = orjson.loads(raw)
@@ -120,6 +121,7 @@ def parse_body(raw: bytes) -> ChatCompletionBody:
         ) from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.")
+    check_counts(data, limits)  # before any per-message work
     for key, value in data.items():
         if key not in _KNOWN:
             raise invalid_request(f"Unrecognized request argument supplied: {key}", param=key)

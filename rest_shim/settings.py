@@ -24,6 +24,14 @@ class ShimSettings(BaseSettings):
     sse_keepalive_s: float = Field(
         default=15.0, gt=0, description="SSE comment interval while waiting for a first token."
     )
+    # Request hardening (see README "Security").
+    require_api_key: bool = Field(
+        default=True,
+        description="Refuse /v1/ calls without a well-formed API key before reading the body.",
+    )
+    max_api_key_bytes: int = Field(default=512, ge=16)
+    max_messages: int = Field(default=2048, ge=1)
+    max_content_parts: int = Field(default=4096, ge=1)
     log_level: str = "info"
     metrics_listen: str = Field(
         default="127.0.0.1:9102",

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from llmgw.v1 import usage_pb2 as pb
 from llmgw.v1 import usage_pb2_grpc as pb_grpc
+from rest_shim.auth_guard import gateway_metadata
 from rest_shim.errors import from_grpc_error, invalid_request
 
 router = APIRouter()
@@ -23,12 +24,18 @@ _GRANULARITY = {"day": pb.GRANULARITY_DAY, "hour": pb.GRANULARITY_HOUR}
 _NAMES = {pb.GRANULARITY_DAY: "day", pb.GRANULARITY_HOUR: "hour"}
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _int_param(request: Request, name: str) -> int:
     value = request.query_params.get(name)
     if value is None or value == "":
         return 0
-    if not value.isdigit():
-        raise invalid_request(f"'{name}' must be unix seconds.", param=name)
+    # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > _INT64_MAX:
+        raise invalid_request(
+            f"'{name}' must be unix seconds (a non-negative integer).", param=name
+        )
     return int(value)
 
 
@@ -45,8 +52,7 @@ async def get_usage(request: Request) -> Response:
         end_time=_int_param(request, "end_time"),
         model=request.query_params.get("model", ""),
     )
-    authorization = request.headers.get("authorization")
-    metadata = (("authorization", authorization),) if authorization is not None else ()
+    metadata = gateway_metadata(request)
     stub = pb_grpc.UsageServiceStub(request.app.state.gateway.channel)
     try:
         answer = await stub.GetUsage(usage_request, metadata=metadata, timeout=30)

@@ -21,6 +21,10 @@ from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from rest_shim.app import create_app
 from rest_shim.settings import ShimSettings
 
+# A well-formed credential for shims in front of a keyless gateway: the shim refuses
+# /v1/ calls without one before reading the body; the gateway without tenants ignores it.
+ANY_KEY = {"authorization": "Bearer sk-test"}
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from backends.engines.sim import FailureMode, SimConfig
-from tests.conftest import Deployment, Shim, deploy, start_shim, wait_until
+from tests.conftest import ANY_KEY, Deployment, Shim, deploy, start_shim, wait_until
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ async def client(shim: Shim) -> AsyncIterator[openai.AsyncOpenAI]:
 
 @pytest.fixture
 async def http(shim: Shim) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=shim.base_url) as c:
+    async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as c:
         yield c
 
 
@@ -187,7 +187,7 @@ async def test_healthz_and_readyz(http: httpx.AsyncClient) -> None:
 async def test_readyz_fails_when_the_gateway_is_down() -> None:
     shim, task = await start_shim("127.0.0.1:1")
     try:
-        async with httpx.AsyncClient(base_url=shim.base_url) as http:
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
             assert (await http.get("/healthz")).status_code == 200
             response = await http.get("/readyz")
             assert response.status_code == 503
@@ -231,7 +231,7 @@ async def test_failure_mid_stream_raises_in_the_sdk_and_sends_no_done() -> None:
             text = "".join(c.choices[0].delta.content or "" for c in seen)
             assert len(text.split()) == 3  # the tokens before the failure, then the error
             assert "failed" in caught.value.message
-        async with httpx.AsyncClient(base_url=shim.base_url) as http:
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
             body = {"model": "small", "messages": HELLO, "stream": True}
             response = await http.post("/v1/chat/completions", json=body)
             assert response.status_code == 200
@@ -261,7 +261,7 @@ async def test_client_disconnect_mid_stream_reaches_the_engine() -> None:
     )
     engine = d.engines["sim-small"]
     try:
-        async with httpx.AsyncClient(base_url=shim.base_url) as http:
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
             body = {"model": "small", "messages": HELLO, "stream": True, "max_tokens": 1000}
             async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                 lines = response.aiter_lines()
@@ -282,7 +282,7 @@ async def test_client_disconnect_before_first_token_reaches_the_engine() -> None
     engine = d.engines["sim-small"]
     try:
         for stream in (True, False):
-            async with httpx.AsyncClient(base_url=shim.base_url) as http:
+            async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
                 body = {"model": "small", "messages": HELLO, "stream": stream}
                 pending = asyncio.create_task(http.post("/v1/chat/completions", json=body))
                 await wait_until(lambda: engine.active == 1)

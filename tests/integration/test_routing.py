@@ -21,7 +21,7 @@ from gateway.server import RunningGateway, start_gateway
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
-from tests.conftest import params, start_shim, wait_until
+from tests.conftest import ANY_KEY, params, start_shim, wait_until
 
 # Fast, but not so twitchy that a busy CI machine ejects a healthy endpoint.
 FAST_HEALTH = {
@@ -316,7 +316,7 @@ async def test_sse_sends_keepalives_while_waiting_for_the_first_token(
     cleanup.append(c)
     shim, task = await start_shim(f"127.0.0.1:{c.gateway.port}", sse_keepalive_s=0.1)
     try:
-        async with httpx.AsyncClient(base_url=shim.base_url) as http:
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
             body = {"model": "m", "messages": [{"role": "user", "content": "a b"}], "stream": True}
             response = await http.post("/v1/chat/completions", json=body)
         events = response.text.split("\n\n")
@@ -342,7 +342,7 @@ async def test_rest_responses_name_the_serving_model_and_backend(cleanup: list[C
     cleanup.append(c)
     shim, task = await start_shim(f"127.0.0.1:{c.gateway.port}")
     try:
-        async with httpx.AsyncClient(base_url=shim.base_url) as http:
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
             for stream_ in (False, True):
                 body = {
                     "model": "large",
