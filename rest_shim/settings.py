@@ -27,11 +27,16 @@ class ShimSettings(BaseSettings):
     # Request hardening (see README "Security").
     require_api_key: bool = Field(
         default=True,
-        description="Refuse /v1/ calls without a well-formed API key before reading the body.",
+        description="Refuse /v1/ calls without a well-formed API key before reading the body "
+        "(false only in front of a gateway without a tenant file).",
     )
-    max_api_key_bytes: int = Field(default=512, ge=16)
-    max_messages: int = Field(default=2048, ge=1)
-    max_content_parts: int = Field(default=4096, ge=1)
+    max_api_key_bytes: int = Field(default=512, ge=16, description="Longest API key accepted.")
+    max_messages: int = Field(
+        default=2048, ge=1, description="Most messages in one request (400 above)."
+    )
+    max_content_parts: int = Field(
+        default=4096, ge=1, description="Most content parts over all messages (400 above)."
+    )
     log_level: str = "info"
     metrics_listen: str = Field(
         default="127.0.0.1:9102",

@@ -411,7 +411,7 @@ async def test_a_session_stays_on_one_replica_over_grpc_and_rest(cleanup: list[C
     assert len(set().union(*homes.values())) >= 2  # and sessions spread (all 8 on one: 0.05 %)
     shim, task = await start_shim(f"127.0.0.1:{c.gateway.port}")
     try:
-        async with httpx.AsyncClient(base_url=shim.base_url) as http:
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
             body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
             for session, (home,) in homes.items():
                 response = await http.post(
