@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration lint fmt proto proto-check breaking bench clean
+.PHONY: install run test test-unit test-integration lint fmt proto proto-check breaking bench bench-routing clean
 .PHONY: system-deps
 .PHONY: vllm models run-vllm test-e2e
 
@@ -87,9 +87,14 @@ AGAINST ?= .git\#branch=main
 breaking: $(STAMP)
 	$(BIN)/buf breaking --against '$(AGAINST)'
 
-## bench: sidecar direct vs gateway vs shim, at 1/10/100 streams (BENCH_ARGS=--quick)
+## bench: sidecar direct vs gateway vs shim, at 1/10/100 streams, then bench-routing (BENCH_ARGS=--quick)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.multiturn $(filter --quick,$(BENCH_ARGS))
+
+## bench-routing: multi-turn conversations over 4 sim replicas; TTFT and prefix-cache hits per lb_policy
+bench-routing: $(STAMP)
+	$(BIN)/python -m bench.multiturn $(BENCH_ARGS)
 
 ## bench-limits: four gateway processes share one Redis; admitted tokens vs the tenant's limit
 bench-limits: $(STAMP)

@@ -48,24 +48,35 @@ class PrefixCache:
         """How many of the prompt's ``prompt_tokens`` tokens were cached; the
         prompt's blocks are then cached (most recently used)."""
         self.stats.queries += prompt_tokens
+        hit_blocks = self._insert(text, count_hits=True)
+        cached = min(hit_blocks * self._block_tokens, prompt_tokens)
+        self.stats.hits += cached
+        return cached
+
+    def store(self, text: str) -> None:
+        """Cache the blocks of ``text`` (a prompt followed by what was generated: an
+        engine keeps the KV of generated tokens too, so a conversation's next turn,
+        which repeats the answer, finds it)."""
+        self._insert(text, count_hits=False)
+
+    def _insert(self, text: str, count_hits: bool) -> int:
         if self._capacity <= 0:
             return 0
         size = self._block_chars
         blocks = self._blocks
         chain = 0
         hit_blocks = 0
-        matching = True
+        matching = count_hits
         for start in range(0, len(text) - size + 1, size):
             chain = hash((chain, text[start : start + size]))
-            if matching and chain in blocks:
-                hit_blocks += 1
+            if chain in blocks:
                 blocks.move_to_end(chain)
+                if matching:
+                    hit_blocks += 1
                 continue
             matching = False  # after the first miss nothing later can be reused
             blocks[chain] = None
             if len(blocks) > self._capacity:
                 blocks.popitem(last=False)
         self.stats.blocks = len(blocks)
-        cached = min(hit_blocks * self._block_tokens, prompt_tokens)
-        self.stats.hits += cached
-        return cached
+        return hit_blocks

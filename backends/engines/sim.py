@@ -197,9 +197,8 @@ class SimEngine:
         loop = asyncio.get_running_loop()
         # Prefill only what the cache does not hold (looked up once the request runs, as
         # an engine does when it schedules it).
-        cached = self._prefix_cache.lookup_and_store(
-            prompt_text([(m.role, m.content) for m in request.messages]), prompt_tokens
-        )
+        prompt = prompt_text([(m.role, m.content) for m in request.messages])
+        cached = self._prefix_cache.lookup_and_store(prompt, prompt_tokens)
         prefill = cfg.prefill_ms_per_1k_tokens * (prompt_tokens - cached) / 1000
         ttft = (cfg.ttft_ms + prefill) * slow / 1000
         itl = cfg.itl_ms * slow / 1000
@@ -215,6 +214,7 @@ class SimEngine:
         stops = tuple(s for s in request.stop if s)
         tail = ""
         produced = 0
+        generated: list[str] = []  # kept for the prefix cache, as an engine keeps their KV
         while produced < natural and produced < limit:
             if produced >= cfg.failure_after_tokens:
                 if fault is FailureMode.ERROR_AFTER_TOKENS:
@@ -232,12 +232,14 @@ class SimEngine:
                         yield Delta(hit, 1)
                     yield Finished(FinishReason.STOP, prompt_tokens, produced)
                     return
+            generated.append(text)
             yield Delta(text, 1)
             if itl > 0 and produced < natural and produced < limit:
                 due += itl
                 delay = due - loop.time()
                 if delay > 0:
                     await _sleep(delay)
+        self._prefix_cache.store(prompt + "<|assistant|>" + "".join(generated))
         reason = FinishReason.STOP if produced >= natural else FinishReason.LENGTH
         yield Finished(reason, prompt_tokens, produced)
 

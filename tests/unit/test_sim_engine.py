@@ -227,3 +227,16 @@ async def test_the_sidecar_exports_prefix_cache_counters_like_vllm() -> None:
     assert f'llmgw_sidecar_prefix_cache_queries_total{{model="m"}} {float(stats.queries)}' in text
     assert f'llmgw_sidecar_prefix_cache_hits_total{{model="m"}} {float(stats.hits)}' in text
     assert stats.hits > 0
+
+
+async def test_the_next_turn_finds_the_previous_answer_cached_too() -> None:
+    engine = SimEngine(SimConfig(output_tokens=40))
+    system = "s" * 64 * 3
+    question = "alpha beta gamma delta epsilon " * 4
+    answer, _ = await run(engine, conversation(system, question))
+    queried = engine.prefix_cache_stats().queries
+    await run(engine, conversation(system, question, answer, "and then?"))
+    stats = engine.prefix_cache_stats()
+    next_prompt = stats.queries - queried
+    # Everything but the new question and the last partial block was cached.
+    assert stats.hits >= next_prompt - (len("and then?") // 4 + 4) - 16 - 2
