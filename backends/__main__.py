@@ -17,6 +17,7 @@ from backends.engines import registry
 from backends.metered import MeteredEngine
 from backends.server import start_sidecar
 from backends.settings import SidecarSettings
+from common.batching import StreamLimits
 from common.grpcutil.runtime import install_event_loop_policy
 from common.observability.logs import configure_logging
 from common.observability.metrics import serve_metrics
@@ -42,7 +43,13 @@ async def serve(args: SidecarSettings, engine: Engine) -> None:
     if args.metrics_listen:
         host, port = args.metrics_listen.rsplit(":", 1)
         serve_metrics(host, int(port))
-    sidecar = await start_sidecar(engine, args.listen, args.stream_interval_ms / 1000)
+    sidecar = await start_sidecar(
+        engine,
+        args.listen,
+        args.stream_interval_ms / 1000,
+        max_hold_s=args.max_hold_ms / 1000,
+        limits=StreamLimits(stall_timeout_s=args.stall_timeout_s),
+    )
     logging.getLogger("llmgw.sidecar").info(
         "sidecar serving model %s with engine %s on port %d",
         args.model or "(from engine)",

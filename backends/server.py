@@ -12,9 +12,11 @@ from grpc_health.v1 import health, health_pb2
 
 from backends.engine import Engine
 from backends.servicer import BackendServicer
+from common.batching import StreamLimits
 from common.grpcutil.malformed import MalformedRequestInterceptor
 from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection
 from common.observability.tracing import grpc_server_interceptors
+from common.pace import DEFAULT_MAX_HOLD_S, LoopLagPace, PaceSettings
 from llmgw.backend.v1 import backend_pb2, backend_pb2_grpc
 
 SERVICE_NAME = backend_pb2.DESCRIPTOR.services_by_name["BackendService"].full_name
@@ -35,6 +37,7 @@ class RunningSidecar:
     engine: Engine
     health: health.aio.HealthServicer
     health_task: asyncio.Task[None]
+    pace: LoopLagPace | None = None
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Say NOT_SERVING, stop serving, then release the engine."""
@@ -43,6 +46,8 @@ class RunningSidecar:
             await self.health_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.pace is not None:
+            await self.pace.close()
         await self.engine.close()
 
 
@@ -70,9 +75,18 @@ async def _follow_engine_health(engine: Engine, servicer: health.aio.HealthServi
 
 
 async def start_sidecar(
-    engine: Engine, address: str = "127.0.0.1:0", stream_interval_s: float = 0.0
+    engine: Engine,
+    address: str = "127.0.0.1:0",
+    stream_interval_s: float = 0.0,
+    *,
+    max_hold_s: float = DEFAULT_MAX_HOLD_S,
+    limits: StreamLimits | None = None,
 ) -> RunningSidecar:
     """Start serving ``engine`` on ``address`` (port 0 picks a free port).
+
+    Streams merge tokens into fewer messages only while this process falls
+    behind, holding a message at most ``max_hold_s`` (0: never hold; see
+    common.pace), or always by ``stream_interval_s`` when that is set.
 
     Health starts as the engine's readiness and follows it: an engine whose
     backend is still loading is served (so GetLoad and health answer) but
@@ -82,8 +96,12 @@ async def start_sidecar(
         options=SERVER_OPTIONS,
         interceptors=[*grpc_server_interceptors(), MalformedRequestInterceptor()],
     )
+    pace = None
+    if max_hold_s > 0 or stream_interval_s > 0:
+        settings = PaceSettings(max_hold_s=max_hold_s, min_hold_s=min(0.010, max_hold_s))
+        pace = LoopLagPace(settings, floor_s=stream_interval_s)
     backend_pb2_grpc.add_BackendServiceServicer_to_server(
-        BackendServicer(engine, stream_interval_s), server
+        BackendServicer(engine, pace, limits), server
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(address)
@@ -95,5 +113,10 @@ async def start_sidecar(
     await _set_health(health_servicer, engine.ready())
     task = asyncio.create_task(_follow_engine_health(engine, health_servicer), name="health")
     return RunningSidecar(
-        server=server, port=port, engine=engine, health=health_servicer, health_task=task
+        server=server,
+        port=port,
+        engine=engine,
+        health=health_servicer,
+        health_task=task,
+        pace=pace,
     )

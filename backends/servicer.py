@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -20,7 +19,8 @@ from backends.engine import (
     Finished,
     FinishReason,
 )
-from common.batching import batched
+from common.batching import Pace, StreamLimits, batched
+from common.grpcutil.abort import abort_soon
 from common.grpcutil.status import ErrorDetails, FieldViolation, build_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
@@ -117,6 +117,19 @@ def _messages(batch: list[Delta | Finished]) -> list[pb.GenerateResponse]:
     return out
 
 
+def _stalled_status(limits: StreamLimits) -> grpc.Status:
+    return build_status(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"the receiver read nothing for {limits.stall_timeout_s:g}s; the generation was stopped",
+        ErrorDetails(reason="receiver_stalled"),
+    )
+
+
+def _weight(event: Delta | Finished) -> int:
+    """An event's share of the stream buffer and batch limits: its characters."""
+    return len(event.text) + 1 if type(event) is Delta else 1
+
+
 def _delta(texts: list[str], tokens: int) -> pb.GenerateResponse:
     text = texts[0] if len(texts) == 1 else "".join(texts)
     return pb.GenerateResponse(delta=pb.TokenDelta(text=text, token_count=tokens))
@@ -125,12 +138,14 @@ def _delta(texts: list[str], tokens: int) -> pb.GenerateResponse:
 class BackendServicer(pb_grpc.BackendServiceServicer):
     """Serves Generate and GetLoad for one engine."""
 
-    def __init__(self, engine: Engine, stream_interval_s: float = 0.0) -> None:
+    def __init__(
+        self, engine: Engine, pace: Pace | None = None, limits: StreamLimits | None = None
+    ) -> None:
         self._engine = engine
-        # Opt-in: after each message, let tokens gather this long before the
-        # next (the first token is never held). Fewer, larger messages for every
-        # hop downstream, at the cost of coarser inter-token timing.
-        self._interval_s = stream_interval_s
+        # Holds the next message of a stream while this process falls behind (and
+        # by the opt-in stream interval), so tokens merge; see common.pace.
+        self._pace = pace
+        self._limits = limits or StreamLimits()
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -138,19 +153,26 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
         """Stream the engine's output; cancellation of this call aborts the engine.
 
         Deltas that the engine produced while the previous message was being
-        written go out merged in one message (see common.batching).
+        written go out merged in one message (see common.batching); a
+        receiver that stops reading pauses the engine's stream, and after the
+        stall timeout the call ends with DEADLINE_EXCEEDED.
         """
         try:
             engine_request = to_engine_request(request)
+            limits = self._limits
             # Closing the batches closes the engine stream: its cleanup (the
             # abort) runs now, not at garbage collection.
-            interval = self._interval_s
-            async with aclosing(batched(self._engine.generate(engine_request))) as batches:
+            batches = batched(
+                self._engine.generate(engine_request),
+                limits,
+                weight=_weight,
+                pace=self._pace,
+                on_stall=lambda: abort_soon(context, _stalled_status(limits)),
+            )
+            async with aclosing(batches):
                 async for batch in batches:
                     for message in _messages(batch):
                         yield message
-                    if interval and type(batch[-1]) is not Finished:
-                        await asyncio.sleep(interval)
         except EngineError as error:
             await context.abort_with_status(engine_error_status(error))
 

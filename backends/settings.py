@@ -43,6 +43,18 @@ class SidecarSettings(BaseSettings):
         description="Hold deltas this long after each message so they go out merged "
         "(0: off; the first token is never held).",
     )
+    max_hold_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="While this process falls behind, hold a stream's next message up to this "
+        "long so its tokens merge (0: never; the first token is never held).",
+    )
+    stall_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A receiver that reads nothing this long with the stream's buffer full is "
+        "cut off (the engine's request is aborted).",
+    )
 
     @field_validator("engine")
     @classmethod

@@ -130,6 +130,37 @@ class HealthConfig(BaseModel):
     healthy_threshold: int = Field(default=2, ge=1)
 
 
+class StreamingConfig(BaseModel):
+    """Per-stream buffering between backend and client (see common.batching, common.pace)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_hold_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="While this process falls behind, a stream's next message is held up to "
+        "this long so its tokens merge (0: never). The first token is never held.",
+    )
+    max_buffered_chars: int = Field(
+        default=256 * 1024,
+        ge=1,
+        description="Text buffered for a client that is behind; beyond it the gateway stops "
+        "pulling from the backend (backpressure).",
+    )
+    max_message_chars: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        le=3 * 1024 * 1024,
+        description="Largest merged delta (UTF-8: at most 4 bytes a character, under the "
+        "16 MiB message limit).",
+    )
+    stall_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A client that reads nothing this long with its buffer full is cut off.",
+    )
+
+
 class ResilienceConfig(BaseModel):
     """Timeouts, retries, breakers and health checks (defaults in ARCHITECTURE.md)."""
 
@@ -141,6 +172,7 @@ class ResilienceConfig(BaseModel):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
 
 
 class RequestLimitsConfig(BaseModel):

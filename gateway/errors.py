@@ -162,3 +162,15 @@ class LimiterUnavailable(GatewayError):
 
     kind = ErrorKind.UNAVAILABLE
     reason = "rate_limiter_unavailable"
+
+
+class ClientStalled(GatewayError):
+    """The client read nothing of its stream for the stall timeout; the request was stopped.
+
+    Its stream's buffer was full all that time (the gateway stops pulling
+    from the backend then), so the backend call is cancelled rather than
+    holding a GPU slot for a reader that is gone.
+    """
+
+    kind = ErrorKind.DEADLINE_EXCEEDED
+    reason = "client_stalled"

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.batching import StreamLimits
 from common.grpcutil.malformed import MalformedRequestInterceptor
 from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
 from common.observability.tracing import grpc_server_interceptors
+from common.pace import LoopLagPace, PaceSettings
 from gateway.adapters.backend_client import GrpcBackendClient
 from gateway.adapters.monitor import EndpointMonitor
 from gateway.config import GatewayConfig, ResilienceConfig
@@ -44,12 +46,15 @@ class RunningGateway:
     tenancy: Tenancy | None = None
     admin_server: grpc.aio.Server | None = None
     admin_port: int | None = None
+    pace: LoopLagPace | None = None
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, stop health checks and close the backend channels."""
         if self.admin_server is not None:
             await self.admin_server.stop(grace)
         await self.server.stop(grace)
+        if self.pace is not None:
+            await self.pace.close()
         if self.tenancy is not None:
             await self.tenancy.close()
         await self.monitor.stop()
@@ -72,11 +77,22 @@ async def start_gateway(
     """
     backends = GrpcBackendClient()
     registry = build_registry(config)
+    streaming = config.resilience.streaming
+    pace = None
+    if streaming.max_hold_ms > 0:
+        hold_s = streaming.max_hold_ms / 1000
+        pace = LoopLagPace(PaceSettings(max_hold_s=hold_s, min_hold_s=min(0.010, hold_s)))
     service = ChatCompletionService(
         registry,
         backends,
         resilience_policy(config.resilience),
         observer=Observers(PrometheusObserver(), AccessLog()),
+        pace=pace,
+        limits=StreamLimits(
+            max_buffered=streaming.max_buffered_chars,
+            max_batch=streaming.max_message_chars,
+            stall_timeout_s=streaming.stall_timeout_s,
+        ),
     )
     monitor = EndpointMonitor(
         (e for r in registry.routes for e in r.pool.endpoints),
@@ -138,6 +154,7 @@ async def start_gateway(
         tenancy=tenants,
         admin_server=admin_server,
         admin_port=admin_port,
+        pace=pace,
     )
 
 

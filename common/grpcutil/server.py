@@ -24,6 +24,11 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     # One channel carries many concurrent streams; do not cap them at 100.
     ("grpc.http2.max_concurrent_streams", 10_000),
+    # Receive windows stay at HTTP/2's 64 KiB instead of growing to the measured
+    # bandwidth-delay product (MBs per stream): a stream whose reader is behind then
+    # holds at most that much here, and backpressure reaches the sender at once.
+    # Tokens are small; 64 KiB a round trip is far more than any stream's rate.
+    ("grpc.http2.bdp_probe", 0),
 )
 
 

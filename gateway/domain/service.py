@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from common.batching import batched
+from common.batching import Pace, StreamLimits, batched
 from gateway.domain.chat import ChatRequest, Finished, Generation, Routed, StreamEvent
 from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
 from gateway.domain.ports import BackendPort
@@ -72,6 +72,11 @@ class CompletedText:
     finished: Finished
 
 
+def _weight(event: StreamEvent) -> int:
+    """An event's share of the stream's buffer and batch limits: its characters."""
+    return len(event) + 1 if type(event) is str else 1
+
+
 class _FailedBeforeFirstToken(Exception):
     """An attempt failed while nothing had been sent to the client."""
 
@@ -93,8 +98,14 @@ class ChatCompletionService:
         new_id: Callable[[], str] = new_completion_id,
         rng: random.Random | None = None,
         observer: CompletionObserver | None = None,
+        pace: Pace | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self._registry = registry
+        # Bounded per-stream buffer and batch size, and the hold that merges
+        # tokens while this process falls behind (common.batching, common.pace).
+        self._pace = pace
+        self._limits = limits or StreamLimits()
         self._observer: CompletionObserver = observer or NullObserver()
         self._monotonic = monotonic
         self._backends = backends
@@ -133,9 +144,17 @@ class ChatCompletionService:
             allowed=allowed,
         )
 
-    async def stream(self, completion: Completion) -> AsyncGenerator[Routed | StreamEvent, None]:
+    async def stream(
+        self, completion: Completion, on_stall: Callable[[], None] | None = None
+    ) -> AsyncGenerator[Routed | StreamEvent, None]:
         """Yield one Routed, then text deltas, then exactly one Finished
-        (see _route_and_stream); report the request to the observer."""
+        (see _route_and_stream); report the request to the observer.
+
+        ``on_stall`` is called when the consumer took nothing for the stall
+        timeout while the stream's buffer was full (a client that stopped
+        reading): the backend call is already closed then, and the transport
+        ends the call with an error.
+        """
         observer = self._observer
         began = self._monotonic()
         observer.started(completion.model)
@@ -143,7 +162,8 @@ class ChatCompletionService:
         routed: Routed | None = None
         ttft: float | None = None
         try:
-            async with aclosing(self._route_and_stream(completion, began)) as events:
+            events = self._route_and_stream(completion, began, on_stall)
+            async with aclosing(events):
                 async for event in events:
                     if type(event) is Finished:
                         outcome = "ok"
@@ -172,7 +192,7 @@ class ChatCompletionService:
             )
 
     async def _route_and_stream(
-        self, completion: Completion, began: float
+        self, completion: Completion, began: float, on_stall: Callable[[], None] | None = None
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
         """Yield one Routed, then text deltas, then exactly one Finished.
 
@@ -235,7 +255,7 @@ class ChatCompletionService:
                     await asyncio.sleep(self._backoff(attempts))
                 attempts += 1
                 try:
-                    attempt = self._attempt(route, endpoint, generation, began)
+                    attempt = self._attempt(route, endpoint, generation, began, on_stall)
                     async with aclosing(attempt) as events:
                         async for event in events:
                             yield event
@@ -261,7 +281,12 @@ class ChatCompletionService:
         return self._rng.uniform(0, ceiling)  # full jitter: retries do not arrive in step
 
     async def _attempt(
-        self, route: ModelRoute, endpoint: Endpoint, generation: Generation, began: float
+        self,
+        route: ModelRoute,
+        endpoint: Endpoint,
+        generation: Generation,
+        began: float,
+        on_stall: Callable[[], None] | None,
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
         """One backend call. Raises _FailedBeforeFirstToken when it may be retried."""
         policy = self._policy
@@ -271,7 +296,10 @@ class ChatCompletionService:
         try:
             called = now()
             events = self._backends.generate(endpoint.address, generation)
-            async with aclosing(batched(events)) as batches:
+            batches = batched(
+                events, self._limits, weight=_weight, pace=self._pace, on_stall=on_stall
+            )
+            async with aclosing(batches):
                 error: GatewayError
                 try:
                     async with asyncio.timeout(policy.ttft_timeout_s):

@@ -9,10 +9,11 @@ from contextlib import aclosing
 import grpc
 from opentelemetry import trace
 
+from common.grpcutil.abort import abort_soon
 from common.grpcutil.status import ErrorDetails, build_status
 from gateway.domain.chat import Finished, Routed
 from gateway.domain.service import ChatCompletionService, Completion
-from gateway.errors import GatewayError
+from gateway.errors import ClientStalled, GatewayError
 from gateway.tenancy.gate import allowed_models, caller
 from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
 from gateway.transport.status import to_status
@@ -120,7 +121,8 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
             )
             span = trace.get_current_span()
             annotate_admitted(span, completion)
-            async with aclosing(self._service.stream(completion)) as events:
+            events = self._service.stream(completion, lambda: _stalled(context))
+            async with aclosing(events):
                 async for event in events:
                     if type(event) is str:
                         yield Response(delta=ContentDelta(content=event))
@@ -145,6 +147,15 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         except Exception:
             log.exception("unexpected error in StreamChatCompletion")
             await context.abort_with_status(_INTERNAL)
+
+
+def _stalled(context: grpc.aio.ServicerContext) -> None:
+    """End a call whose client stopped reading (the handler is blocked in a write)."""
+    log.warning("a client read nothing of its stream for the stall timeout; call ended")
+    abort_soon(
+        context,
+        to_status(ClientStalled("The stream was stopped: the client read nothing for too long.")),
+    )
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):
