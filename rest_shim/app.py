@@ -18,10 +18,10 @@ from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
 from rest_shim.auth_guard import AuthGuard, gateway_metadata
+from rest_shim.decoding import BodyDecoder, decode_chat
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.metrics import MetricsMiddleware
-from rest_shim.openai_request import parse_body, to_params
-from rest_shim.request_limits import DecodeGate, RequestLimits
+from rest_shim.request_limits import RequestLimits
 from rest_shim.settings import ShimSettings
 from rest_shim.usage import router as usage_router
 
@@ -82,10 +82,13 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
     """Build the shim for one gateway address."""
     settings = settings or ShimSettings()
 
+    decoder = BodyDecoder()  # large bodies are decoded off the event loop
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.gateway = GatewayClient(settings.gateway)
         yield
+        decoder.close()
         await app.state.gateway.channel.close()
 
     app = FastAPI(
@@ -133,14 +136,11 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
     limits = RequestLimits(
         max_messages=settings.max_messages, max_content_parts=settings.max_content_parts
     )
-    decode_gate = DecodeGate()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         raw = await read_body(request, settings.max_body_bytes)
-        body, params = await decode_gate.run(
-            len(raw), lambda: (b := parse_body(raw, limits), to_params(b))
-        )
+        body, params = await decoder.run(decode_chat, raw, limits)
         gateway: GatewayClient = request.app.state.gateway
         metadata = _metadata(request)
         timeout = settings.request_timeout_s

@@ -37,6 +37,21 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s
         self.extra_headers = extra_headers or {}
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable with all its fields (bodies are decoded in worker processes).
+        return (
+            ApiError,
+            (
+                self.status,
+                self.message,
+                self.type,
+                self.param,
+                self.code,
+                self.retry_after_s,
+                self.extra_headers,
+            ),
+        )
+
     def body(self) -> bytes:
         """``{"error": {"message", "type", "param", "code"}}``."""
         return orjson.dumps(

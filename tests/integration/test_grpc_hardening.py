@@ -114,7 +114,7 @@ async def test_a_huge_message_count_does_not_freeze_other_streams(
     async for message in victim:
         arrivals.append(time.perf_counter())
         if attacks is None and message.HasField("delta"):
-            attacks = asyncio.gather(*(attack() for _ in range(4)))
+            attacks = asyncio.gather(attack(), attack())
         if attacks is not None and attacks.done() and len(arrivals) > 50:
             victim.cancel()
             break
@@ -122,5 +122,5 @@ async def test_a_huge_message_count_does_not_freeze_other_streams(
     await attacks
     gaps = [b - a for a, b in itertools.pairwise(arrivals[1:])]
     print(f"victim: {len(arrivals)} messages, largest gap {max(gaps) * 1000:.0f} ms")
-    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 4
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2
     assert max(gaps) < 0.5

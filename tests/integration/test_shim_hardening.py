@@ -115,6 +115,21 @@ async def test_too_many_messages_is_a_clear_400(stack: tuple[Deployment, Shim]) 
         assert (await http.post("/v1/chat/completions", json=ok)).status_code == 200
 
 
+async def test_large_bodies_are_decoded_in_a_worker_with_the_same_answers(
+    stack: tuple[Deployment, Shim],
+) -> None:
+    _, shim = stack
+    big = "wordy" * 60_000  # 300 kB: over the threshold for decoding off the event loop
+    async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY, timeout=60) as http:
+        body = {"model": "small", "messages": [{"role": "user", "content": big}], "max_tokens": 3}
+        answer = await http.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["prompt_tokens"] > 300_000 / 5
+        body = {"model": "small", "messages": [{"role": "user", "content": big}], "n": "two"}
+        answer = await http.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "n"
+
+
 async def test_the_caps_are_configurable(stack: tuple[Deployment, Shim]) -> None:
     d, _ = stack
     shim, task = await start_shim(d.address, max_messages=2)

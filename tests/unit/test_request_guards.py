@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from gateway.transport.request_limits import oversized_list
@@ -77,3 +79,16 @@ def test_the_gateway_finds_over_long_lists_in_nested_params() -> None:
     params.ClearField("messages")
     params.stop.extend(["b", "c"])
     assert oversized_list(pb.CreateChatCompletionRequest(params=params), 2) == ("params.stop", 3)
+
+
+def test_errors_survive_the_trip_back_from_a_decoding_worker() -> None:
+    error = ApiError(400, "bad", "invalid_request_error", "messages", "code", 2.0, {"x-a": "b"})
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.status, copy.message, copy.type, copy.param, copy.code) == (
+        400,
+        "bad",
+        "invalid_request_error",
+        "messages",
+        "code",
+    )
+    assert copy.headers() == {"x-a": "b", "retry-after": "2"}
