@@ -1,11 +1,14 @@
-"""Wires the gateway: registry, backend client, servicers, health, reflection."""
+"""Wires the gateway: registry, backend client, tenancy, servicers, health, reflection."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from common.batching import StreamLimits
 from common.grpcutil.malformed import MalformedRequestInterceptor
@@ -19,19 +22,41 @@ from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService
 from gateway.routing.build import build_registry
 from gateway.routing.retry_budget import RetryPolicy
-from gateway.telemetry import AccessLog, Observers, PrometheusObserver, export_routing_state
+from gateway.telemetry import (
+    AccessLog,
+    Observers,
+    PrometheusObserver,
+    count_rate_limit_refusal,
+    export_routing_state,
+)
 from gateway.tenancy.runtime import Tenancy, TenancyOptions, build_tenancy
 from gateway.transport.admin_servicer import AdminServicer
+from gateway.transport.auth import AuthInterceptor
 from gateway.transport.request_limits import RequestLimitsInterceptor
 from gateway.transport.servicer import ChatServicer, ModelServicer
-from gateway.transport.tenancy import TenancyInterceptor
 from gateway.transport.usage_servicer import UsageServicer
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
-SERVICE_NAMES = tuple(s.full_name for s in chat_pb2.DESCRIPTOR.services_by_name.values())
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
-USAGE_SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+# The public API's services (request list sizes are capped on these).
+PUBLIC_SERVICES = (
+    *(s.full_name for s in chat_pb2.DESCRIPTOR.services_by_name.values()),
+    usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A service the gateway serves: its proto descriptor and how to add it."""
+
+    descriptor: ServiceDescriptor
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicer to ``server``."""
+        self.add(self.servicer, server)
 
 
 @dataclass
@@ -47,6 +72,9 @@ class RunningGateway:
     admin_server: grpc.aio.Server | None = None
     admin_port: int | None = None
     pace: LoopLagPace | None = None
+    # Every service registered on each server (the auth walk test reads them).
+    services: tuple[ServiceDescriptor, ...] = field(default_factory=tuple)
+    admin_services: tuple[ServiceDescriptor, ...] = field(default_factory=tuple)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, stop health checks and close the backend channels."""
@@ -82,6 +110,11 @@ async def start_gateway(
     if streaming.max_hold_ms > 0:
         hold_s = streaming.max_hold_ms / 1000
         pace = LoopLagPace(PaceSettings(max_hold_s=hold_s, min_hold_s=min(0.010, hold_s)))
+    tenants = (
+        build_tenancy(tenancy, registry, address, count_rate_limit_refusal)
+        if tenancy is not None
+        else None
+    )
     service = ChatCompletionService(
         registry,
         backends,
@@ -93,6 +126,7 @@ async def start_gateway(
             max_batch=streaming.max_message_chars,
             stall_timeout_s=streaming.stall_timeout_s,
         ),
+        admission=tenants.admission if tenants is not None else None,
     )
     monitor = EndpointMonitor(
         (e for r in registry.routes for e in r.pool.endpoints),
@@ -100,46 +134,65 @@ async def start_gateway(
         config.resilience.health,
         after_round=lambda: export_routing_state(registry),
     )
-    tenants = build_tenancy(tenancy, registry, address) if tenancy is not None else None
-    # Tracing first (outermost), so admission runs inside the request's span.
-    interceptors = grpc_server_interceptors()
+    # Tracing first (outermost), so refusals are traced too. Then authentication,
+    # before anything parses the request: a caller without a key costs no decoding.
+    # It is installed with or without a tenant file: the access table decides.
     # Then cheap refusals that look at no item: undecodable bytes, over-long lists.
-    interceptors.append(MalformedRequestInterceptor())
-    interceptors.append(
-        RequestLimitsInterceptor(
-            (*SERVICE_NAMES, USAGE_SERVICE), config.request_limits.max_list_items
-        )
-    )
-    if tenants is not None:
-        interceptors.append(TenancyInterceptor(tenants.gate))
+    interceptors = [
+        *grpc_server_interceptors(),
+        AuthInterceptor(tenants.directory.authenticate if tenants is not None else None),
+        MalformedRequestInterceptor(),
+        RequestLimitsInterceptor(PUBLIC_SERVICES, config.request_limits.max_list_items),
+    ]
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
-    names = (*SERVICE_NAMES, USAGE_SERVICE) if tenants is not None else SERVICE_NAMES
+    registrations = [
+        Registration(
+            _service(chat_pb2, "ChatService"),
+            chat_pb2_grpc.add_ChatServiceServicer_to_server,
+            ChatServicer(service),
+        ),
+        Registration(
+            _service(chat_pb2, "ModelService"),
+            chat_pb2_grpc.add_ModelServiceServicer_to_server,
+            ModelServicer(service, int(time.time())),
+        ),
+    ]
     if tenants is not None:
-        usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(tenants.gate), server)
+        registrations.append(
+            Registration(
+                _service(usage_pb2, "UsageService"),
+                usage_pb2_grpc.add_UsageServiceServicer_to_server,
+                UsageServicer(tenants.usage),
+            )
+        )
+    admin = Registration(
+        _service(admin_pb2, "AdminService"),
+        admin_pb2_grpc.add_AdminServiceServicer_to_server,
+        AdminServicer(registry),
+    )
     admin_server = None
+    admin_registrations: list[Registration] = []
     if admin_address is None:
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
+        registrations.append(admin)
     else:
-        admin_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), admin_server)
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(service), server)
-    chat_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(service, int(time.time())), server
-    )
-    health = add_health_and_reflection(
-        server, (*names, ADMIN_SERVICE) if admin_server is None else names
-    )
+        admin_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+        admin_registrations.append(admin)
+        admin.register(admin_server)
+    for registration in registrations:
+        registration.register(server)
+    names = [r.descriptor.full_name for r in registrations]
+    health = add_health_and_reflection(server, names)
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     admin_port = None
     if admin_server is not None and admin_address is not None:
-        admin_health = add_health_and_reflection(admin_server, (ADMIN_SERVICE,))
+        admin_health = add_health_and_reflection(admin_server, (admin.descriptor.full_name,))
         admin_port = admin_server.add_insecure_port(admin_address)
         if admin_port == 0:
             raise RuntimeError(f"could not bind the admin address {admin_address}")
         await admin_server.start()
-        await mark_serving(admin_health, (ADMIN_SERVICE,))
+        await mark_serving(admin_health, (admin.descriptor.full_name,))
     await server.start()
     monitor.start()
     if tenants is not None:
@@ -155,7 +208,14 @@ async def start_gateway(
         admin_server=admin_server,
         admin_port=admin_port,
         pace=pace,
+        services=tuple(r.descriptor for r in registrations),
+        admin_services=tuple(r.descriptor for r in admin_registrations),
     )
+
+
+def _service(module: Any, name: str) -> ServiceDescriptor:
+    descriptor: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+    return descriptor
 
 
 def resilience_policy(config: ResilienceConfig) -> ResiliencePolicy:

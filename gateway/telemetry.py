@@ -158,6 +158,11 @@ def gateway_metrics() -> GatewayMetrics:
     )
 
 
+def count_rate_limit_refusal(tenant: str, limit: str) -> None:
+    """Count a request a tenant's limit refused (admission's refusal hook)."""
+    gateway_metrics().rejections.labels(tenant, limit).inc()
+
+
 class PrometheusObserver:
     """CompletionObserver that records into gateway_metrics()."""
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
-from gateway.domain.chat import Generation, StreamEvent
+from gateway.domain.accounting import Grant, Spent
+from gateway.domain.chat import ChatRequest, Generation, StreamEvent
+from gateway.routing.registry import ModelRoute
+from gateway.tenancy.directory import Principal
 
 
 class BackendPort(Protocol):
@@ -13,4 +16,28 @@ class BackendPort(Protocol):
 
     def generate(self, address: str, generation: Generation) -> AsyncGenerator[StreamEvent, None]:
         """Stream text deltas then one Finished; raise GatewayError on failure."""
+        ...
+
+
+class AdmissionPort(Protocol):
+    """Who may use which model and how much: admits before routing, settles after.
+
+    ``caller`` is whoever the transport authenticated (None when the gateway
+    runs without keys). ``admit`` raises a GatewayError to refuse
+    (PermissionDenied, RateLimited, LimiterUnavailable); ``settle`` is
+    called exactly once per grant, never blocks and never raises.
+    """
+
+    async def admit(
+        self, caller: Principal | None, route: ModelRoute, request: ChatRequest
+    ) -> Grant:
+        """Authorise ``caller`` for ``route`` and reserve what ``request`` may use."""
+        ...
+
+    def settle(self, grant: Grant, spent: Spent) -> None:
+        """Reconcile the reservation with what was used, and meter it."""
+        ...
+
+    def may_list(self, caller: Principal | None) -> Callable[[str], bool]:
+        """Which canonical model names ``caller`` may see in a model listing."""
         ...

@@ -1,8 +1,9 @@
-"""The chat completion use case: validate, resolve the model, route to an
-endpoint (queueing fairly when the pool is full), retry on another endpoint
-or fall back to another model while nothing has reached the client, then
-stream. A stream either ends with a Finished event or raises: never a
-silent truncation. No transport code here."""
+"""The chat completion use case: validate, resolve the model, admit the
+caller (permissions, limits: the admission port), route to an endpoint
+(queueing fairly when the pool is full), retry on another endpoint or fall
+back to another model while nothing has reached the client, then stream and
+settle what was used. A stream either ends with a Finished event or raises:
+never a silent truncation. No transport code here."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ from dataclasses import dataclass
 from opentelemetry import trace
 
 from common.batching import Pace, StreamLimits, batched
+from gateway.domain.accounting import (
+    Grant,
+    Spent,
+    Status,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
 from gateway.domain.chat import ChatRequest, Finished, Generation, Routed, StreamEvent
 from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
-from gateway.domain.ports import BackendPort
+from gateway.domain.ports import AdmissionPort, BackendPort
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.routing_key import request_key
 from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
@@ -34,6 +42,7 @@ from gateway.routing.endpoint import Endpoint
 from gateway.routing.pool import PoolSaturated, PoolUnavailable
 from gateway.routing.registry import ModelRegistry, ModelRoute
 from gateway.routing.retry_budget import RetryBudget
+from gateway.tenancy.directory import Principal
 
 # OpenTelemetry's API (no SDK, no transport): a no-op unless tracing is configured.
 _TRACER = trace.get_tracer("llmgw.gateway")
@@ -60,6 +69,7 @@ class Completion:
     tenant: str = ""
     priority: int = 0
     allowed: frozenset[str] | None = None  # models the caller may use; None: all
+    grant: Grant | None = None  # what admission reserved; settled when the stream ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +110,10 @@ class ChatCompletionService:
         observer: CompletionObserver | None = None,
         pace: Pace | None = None,
         limits: StreamLimits | None = None,
+        admission: AdmissionPort | None = None,
     ) -> None:
         self._registry = registry
+        self._admission = admission
         # Bounded per-stream buffer and batch size, and the hold that merges
         # tokens while this process falls behind (common.batching, common.pace).
         self._pace = pace
@@ -120,17 +132,27 @@ class ChatCompletionService:
         """The models served."""
         return self._registry
 
-    def admit(
-        self,
-        request: ChatRequest,
-        tenant: str = "",
-        priority: int = 0,
-        allowed: frozenset[str] | None = None,
-    ) -> Completion:
-        """Validate and route ``request``; raise GatewayError if it cannot be served."""
+    def models_for(self, caller: Principal | None) -> list[ModelRoute]:
+        """The models ``caller`` may see listed."""
+        routes = self._registry.routes
+        if self._admission is None:
+            return list(routes)
+        visible = self._admission.may_list(caller)
+        return [r for r in routes if visible(r.name)]
+
+    async def admit(self, request: ChatRequest, caller: Principal | None = None) -> Completion:
+        """Validate, resolve the model and admit ``caller`` (permissions, limits);
+        raise GatewayError if the request cannot be served.
+
+        The returned completion holds a reservation when admission is on:
+        ``stream`` (or ``complete``) settles it, so call one of them next.
+        """
         check_request_shape(request)
         route = self._registry.resolve(request.model)
         max_tokens = resolve_max_tokens(request, route.limits)
+        grant = None
+        if self._admission is not None:
+            grant = await self._admission.admit(caller, route, request)
         completion_id = self._new_id()
         return Completion(
             id=completion_id,
@@ -139,16 +161,19 @@ class ChatCompletionService:
             route=route,
             generation=bind(request, completion_id, route.engine_model, max_tokens),
             request=request,
-            tenant=tenant,
-            priority=priority,
-            allowed=allowed,
+            tenant=grant.tenant if grant else "",
+            priority=grant.priority if grant else 0,
+            allowed=grant.allowed if grant else None,
+            grant=grant,
         )
 
     async def stream(
         self, completion: Completion, on_stall: Callable[[], None] | None = None
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
         """Yield one Routed, then text deltas, then exactly one Finished
-        (see _route_and_stream); report the request to the observer.
+        (see _route_and_stream). However it ends, report the request to the
+        observer and settle its grant with what was used: the backend's exact
+        usage when it finished, else the text sent so far (estimated).
 
         ``on_stall`` is called when the consumer took nothing for the stall
         timeout while the stream's buffer was full (a client that stopped
@@ -157,25 +182,45 @@ class ChatCompletionService:
         """
         observer = self._observer
         began = self._monotonic()
+        started_at = self._clock()
         observer.started(completion.model)
-        outcome, prompt_tokens, completion_tokens = "cancelled", 0, 0
+        outcome, status = "cancelled", Status.CANCELLED
+        usage: Finished | None = None
+        sent_chars = 0
         routed: Routed | None = None
         ttft: float | None = None
         try:
             events = self._route_and_stream(completion, began, on_stall)
             async with aclosing(events):
                 async for event in events:
-                    if type(event) is Finished:
-                        outcome = "ok"
-                        prompt_tokens = event.usage.prompt_tokens
-                        completion_tokens = event.usage.completion_tokens
+                    if type(event) is str:
+                        sent_chars += len(event)
+                    elif type(event) is Finished:
+                        outcome, status, usage = "ok", Status.OK, event
                     elif type(event) is Routed:
                         routed, ttft = event, self._monotonic() - began
                     yield event
         except GatewayError as error:
             outcome = error.reason
+            # Refused as invalid (by the engine, say) before anything was served.
+            rejected = isinstance(error, InvalidRequest) and routed is None
+            status = Status.REJECTED if rejected else Status.ERROR
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except BaseException:
+            outcome, status = "internal_error", Status.ERROR
             raise
         finally:
+            if usage is not None:
+                prompt_tokens = usage.usage.prompt_tokens
+                completion_tokens = usage.usage.completion_tokens
+            else:
+                prompt_tokens = estimate_prompt_tokens(
+                    len(m.content) for m in completion.request.messages
+                )
+                completion_tokens = estimate_tokens(sent_chars)
+            duration = self._monotonic() - began
             observer.finished(
                 RequestRecord(
                     request_id=completion.id,
@@ -187,9 +232,25 @@ class ChatCompletionService:
                     ttft_s=ttft,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
-                    duration_s=self._monotonic() - began,
+                    duration_s=duration,
                 )
             )
+            if completion.grant is not None and self._admission is not None:
+                self._admission.settle(
+                    completion.grant,
+                    Spent(
+                        request_id=completion.id,
+                        status=status,
+                        model=routed.model if routed else completion.model,
+                        backend=routed.backend if routed else "",
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        exact=usage is not None,
+                        started_at=started_at,
+                        duration_s=duration,
+                        ttft_s=ttft,
+                    ),
+                )
 
     async def _route_and_stream(
         self, completion: Completion, began: float, on_stall: Callable[[], None] | None = None

@@ -24,8 +24,9 @@ from gateway.metering.meter import Meter
 from gateway.metering.ports import UsageStore
 from gateway.routing.registry import ModelRegistry
 from gateway.settings import GatewaySettings
+from gateway.tenancy.admission import RefusalHook, TenantAdmission
 from gateway.tenancy.directory import TenantDirectory
-from gateway.tenancy.gate import TenantGate
+from gateway.tenancy.usage import UsageReader
 
 log = logging.getLogger("llmgw.gateway.tenancy")
 
@@ -60,24 +61,36 @@ def is_loopback(address: str) -> bool:
 class Tenancy:
     """The running pieces; ``start`` after the event loop runs, ``close`` on shutdown."""
 
-    gate: TenantGate
+    directory: TenantDirectory
+    admission: TenantAdmission
+    usage: UsageReader
     options: TenancyOptions
     _client: object | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @property
+    def limiter(self) -> Limiter:
+        """Rate limits."""
+        return self.admission.limiter
+
+    @property
+    def meter(self) -> Meter:
+        """Usage metering."""
+        return self.admission.meter
+
     def start(self) -> None:
         """Start lease renewal, the metering writer, the file watcher and SIGHUP reload."""
-        self.gate.limiter.start()
-        self.gate.meter.start()
+        self.limiter.start()
+        self.meter.start()
         self._tasks.append(
-            asyncio.create_task(self.gate.directory.watch(self.options.reload_interval_s))
+            asyncio.create_task(self.directory.watch(self.options.reload_interval_s))
         )
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
 
     def reload(self) -> bool:
         """Reload the tenant file now."""
-        return self.gate.directory.reload()
+        return self.directory.reload()
 
     async def close(self) -> None:
         """Finish reconciliations, flush metering, close the stores."""
@@ -88,15 +101,20 @@ class Tenancy:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.gate.drain()
-        await self.gate.limiter.close()
-        await self.gate.meter.close()
+        await self.admission.drain()
+        await self.limiter.close()
+        await self.meter.close()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.aclose()  # type: ignore[attr-defined]
 
 
-def build_tenancy(options: TenancyOptions, registry: ModelRegistry, listen: str) -> Tenancy:
+def build_tenancy(
+    options: TenancyOptions,
+    registry: ModelRegistry,
+    listen: str,
+    on_refused: RefusalHook | None = None,
+) -> Tenancy:
     """Load the tenant file (ConfigError if bad) and build the stores."""
     names = {n for r in registry.routes for n in (r.name, *r.aliases)}
     directory = TenantDirectory(
@@ -132,8 +150,9 @@ def build_tenancy(options: TenancyOptions, registry: ModelRegistry, listen: str)
         lease_s=options.lease_s,
         unavailable_retry_s=options.unavailable_retry_s,
     )
-    gate = TenantGate(directory, limiter, Meter(usage), registry)
-    return Tenancy(gate, options, client)
+    meter = Meter(usage)
+    admission = TenantAdmission(limiter, meter, on_refused)
+    return Tenancy(directory, admission, UsageReader(directory, meter), options, client)
 
 
 def tenancy_options(settings: GatewaySettings) -> TenancyOptions | None:

@@ -14,8 +14,9 @@ from common.grpcutil.status import ErrorDetails, build_status
 from gateway.domain.chat import Finished, Routed
 from gateway.domain.service import ChatCompletionService, Completion
 from gateway.errors import ClientStalled, GatewayError
-from gateway.tenancy.gate import allowed_models, caller
+from gateway.transport.auth import current_caller
 from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
+from gateway.transport.ratelimit import Metadata, ratelimit_metadata
 from gateway.transport.status import to_status
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
@@ -42,9 +43,13 @@ def session_id(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-def routing_metadata(routed: Routed) -> tuple[tuple[str, str], ...]:
-    """Initial metadata saying which model and backend endpoint served the call."""
-    return ((MODEL_HEADER, routed.model), (BACKEND_HEADER, routed.backend))
+def initial_metadata(completion: Completion, routed: Routed) -> Metadata:
+    """Initial metadata of an admitted call: which model and backend endpoint
+    served it, and the caller's rate-limit state after admission."""
+    routing = ((MODEL_HEADER, routed.model), (BACKEND_HEADER, routed.backend))
+    if completion.grant is None:
+        return routing
+    return (*routing, *ratelimit_metadata(completion.grant.decision))
 
 
 def annotate_admitted(span: trace.Span, completion: Completion) -> None:
@@ -80,17 +85,15 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     ) -> pb.CreateChatCompletionResponse:
         """Generate the whole completion, then answer once."""
         try:
-            completion = self._service.admit(
-                to_chat_request(request.params, session_id(context)),
-                *caller(),
-                allowed=allowed_models(),
+            completion = await self._service.admit(
+                to_chat_request(request.params, session_id(context)), current_caller()
             )
             span = trace.get_current_span()
             annotate_admitted(span, completion)
             result = await self._service.complete(completion)
             annotate_routed(span, result.routed)
             annotate_finished(span, result.finished)
-            await context.send_initial_metadata(routing_metadata(result.routed))
+            await context.send_initial_metadata(initial_metadata(completion, result.routed))
         except GatewayError as error:
             await context.abort_with_status(to_status(error))
         except Exception:
@@ -114,10 +117,8 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         Response = pb.StreamChatCompletionResponse
         ContentDelta = pb.ContentDelta
         try:
-            completion = self._service.admit(
-                to_chat_request(request.params, session_id(context)),
-                *caller(),
-                allowed=allowed_models(),
+            completion = await self._service.admit(
+                to_chat_request(request.params, session_id(context)), current_caller()
             )
             span = trace.get_current_span()
             annotate_admitted(span, completion)
@@ -128,7 +129,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
                         yield Response(delta=ContentDelta(content=event))
                     elif type(event) is Routed:
                         # Sent with the first backend event, not on admission.
-                        await context.send_initial_metadata(routing_metadata(event))
+                        await context.send_initial_metadata(initial_metadata(completion, event))
                         annotate_routed(span, event)
                         yield Response(
                             start=pb.StreamStart(
@@ -168,12 +169,12 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        """Every configured model with its aliases."""
+        """Every configured model the caller may use, with its aliases."""
         return pb.ListModelsResponse(
             models=[
                 pb.Model(
                     id=r.name, created=self._created, owned_by=r.owned_by, aliases=list(r.aliases)
                 )
-                for r in self._service.registry.routes
+                for r in self._service.models_for(current_caller())
             ]
         )

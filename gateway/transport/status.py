@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
 
 from common.grpcutil.status import ErrorDetails, FieldViolation, QuotaViolation, build_status
 from gateway.errors import ErrorKind, GatewayError
+from gateway.tenancy.admission import TenantRateLimited
+from gateway.transport.ratelimit import ratelimit_metadata
 
 _CODES = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -24,9 +29,17 @@ def grpc_code(kind: ErrorKind) -> grpc.StatusCode:
     return _CODES[kind]
 
 
+class _Status(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: Sequence[Any]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = tuple(trailing)
+
+
 def to_status(error: GatewayError) -> grpc.Status:
-    """A gRPC status carrying ErrorInfo, BadRequest and RetryInfo as they apply."""
-    return build_status(
+    """A gRPC status carrying ErrorInfo, BadRequest and RetryInfo as they apply;
+    a tenant's rate-limit refusal also carries the x-ratelimit-* trailers."""
+    status = build_status(
         _CODES[error.kind],
         error.message,
         ErrorDetails(
@@ -40,3 +53,10 @@ def to_status(error: GatewayError) -> grpc.Status:
             retry_after_s=error.retry_after_s,
         ),
     )
+    if isinstance(error, TenantRateLimited):
+        status = _Status(
+            status.code,
+            status.details,
+            (*status.trailing_metadata, *ratelimit_metadata(error.decision)),
+        )
+    return status

@@ -8,18 +8,13 @@ from collections.abc import Callable
 
 import grpc
 
-from gateway.errors import (
-    BackendUnavailable,
-    GatewayError,
-    InvalidRequest,
-    PermissionDenied,
-    Violation,
-)
+from gateway.errors import BackendUnavailable, GatewayError, InvalidRequest, Violation
 from gateway.limits.ports import StoreUnavailable
 from gateway.metering.model import Granularity, UsageRecord
 from gateway.tenancy.config import TENANT_NAME
-from gateway.tenancy.gate import TenantGate
-from gateway.transport.tenancy import abort, authorization
+from gateway.tenancy.usage import UsageReader
+from gateway.transport.auth import current_caller
+from gateway.transport.status import to_status
 from llmgw.v1 import usage_pb2 as pb
 from llmgw.v1 import usage_pb2_grpc as pb_grpc
 
@@ -63,27 +58,16 @@ def to_record(row: UsageRecord) -> pb.UsageRecord:
 class UsageServicer(pb_grpc.UsageServiceServicer):
     """Serves GetUsage from the meter's store."""
 
-    def __init__(self, gate: TenantGate, clock: Callable[[], float] = time.time) -> None:
-        self._gate = gate
+    def __init__(self, reader: UsageReader, clock: Callable[[], float] = time.time) -> None:
+        self._reader = reader
         self._clock = clock
 
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetUsageResponse:
         """Counters of the caller's tenant (or, for an admin, any or every tenant)."""
-        gate = self._gate
         try:
-            principal = gate.authenticate(authorization(context))
-            if principal.tenant is not None:
-                if request.tenant and request.tenant != principal.tenant.name:
-                    raise PermissionDenied(
-                        "A tenant's key reads only that tenant's usage.", "usage_not_allowed"
-                    )
-                tenants = [principal.tenant.name]
-            elif request.tenant:
-                tenants = [request.tenant]
-            else:
-                tenants = sorted(gate.directory.tenants)
+            tenants = self._reader.tenants_for(current_caller(), request.tenant)
             granularity = _GRANULARITY.get(request.granularity)
             end = request.end_time or int(self._clock())
             start = request.start_time or end - WEEK_S
@@ -103,7 +87,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
                 raise InvalidRequest(problems)
             assert granularity is not None
             try:
-                rows = await gate.meter.query(
+                rows = await self._reader.read(
                     tenants, granularity, start, end, request.model or None
                 )
             except StoreUnavailable:
@@ -111,6 +95,6 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
                     "Usage cannot be read right now. Please retry.", retry_after_s=1.0
                 ) from None
         except GatewayError as error:
-            await abort(context, error)
+            await context.abort_with_status(to_status(error))
             raise
         return pb.GetUsageResponse(records=[to_record(r) for r in rows])

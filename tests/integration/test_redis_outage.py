@@ -77,7 +77,7 @@ async def test_fail_open_serves_through_an_outage_and_reconciles_after(
     d, keys = await start(tmp_path, redis_server, FailurePolicy.OPEN)
     tenancy = d.gateway.tenancy
     assert tenancy is not None
-    limiter, meter = tenancy.gate.limiter, tenancy.gate.meter
+    limiter, meter = tenancy.limiter, tenancy.meter
     stop_load, outcomes = asyncio.Event(), Counter[str]()
     runner = asyncio.create_task(load(d, keys["acme"], stop_load, outcomes))
     try:
@@ -99,7 +99,7 @@ async def test_fail_open_serves_through_an_outage_and_reconciles_after(
         assert after["ok"] > 10 and set(after) == {"ok"}, after
         stop_load.set()
         await runner
-        await tenancy.gate.drain()
+        await tenancy.admission.drain()
         await meter.flush()
         # What was served during the outage was charged to the shared bucket and metered.
         client = limiter._store._client  # type: ignore[attr-defined]

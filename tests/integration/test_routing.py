@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import httpx
@@ -385,10 +385,11 @@ async def test_fallback_skips_models_the_caller_may_not_use(cleanup: list[Cluste
     cleanup.append(c)
     service = c.gateway.service
     request = ChatRequest(model="large", messages=(Message(Role.USER, "hi"),))
-    allowed = await service.complete(service.admit(request, "t", 0, allowed=None))
+    allowed = await service.complete(await service.admit(request))
     assert allowed.routed.model == "small" and isinstance(allowed.finished, Finished)
+    restricted = replace(await service.admit(request), allowed=frozenset({"large"}))
     with pytest.raises(BackendUnavailable):
-        await service.complete(service.admit(request, "t", 0, allowed=frozenset({"large"})))
+        await service.complete(restricted)
 
 
 async def test_a_session_stays_on_one_replica_over_grpc_and_rest(cleanup: list[Cluster]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from backends.engines.sim import FailureMode, SimConfig
-from gateway.tenancy.runtime import TenancyOptions
+from gateway.tenancy.runtime import Tenancy, TenancyOptions
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import usage_pb2, usage_pb2_grpc
@@ -44,9 +44,9 @@ class Tenanted:
     path: Path
 
     @property
-    def gate(self):  # type: ignore[no-untyped-def]
+    def tenancy(self) -> Tenancy:
         assert self.d.gateway.tenancy is not None
-        return self.d.gateway.tenancy.gate
+        return self.d.gateway.tenancy
 
     def create(self, key: str, **kw: object) -> grpc.aio.UnaryUnaryCall:  # type: ignore[type-arg]
         return self.d.chat.CreateChatCompletion(
@@ -134,7 +134,7 @@ async def test_a_key_never_appears_in_errors_or_logs(
         caught.value.details()
     )
     await tenanted.create(tenanted.keys["acme"], max_tokens=2)
-    await tenanted.gate.drain()
+    await tenanted.tenancy.admission.drain()
     for key in (wrong, tenanted.keys["acme"]):
         assert key not in caplog.text
         assert key.rsplit("_", 1)[1] not in caplog.text
@@ -185,7 +185,7 @@ async def test_over_the_token_limit_is_resource_exhausted_with_quota_failure_and
 ) -> None:
     key = tenanted.keys["tight"]  # 100-token burst, 10 tokens a second
     await tenanted.create(key, max_tokens=80)  # reserves ~90, then reconciles to the real ~20
-    await tenanted.gate.drain()
+    await tenanted.tenancy.admission.drain()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await tenanted.create(key, max_tokens=85)
     error = caught.value
@@ -230,14 +230,14 @@ async def test_concurrency_cap_and_release_when_the_client_cancels(tmp_path: Pat
             .description.startswith("concurrency")
         )  # type: ignore[attr-defined]
         stream.cancel()
-        store = t.gate.limiter._store
+        store = t.tenancy.limiter._store
         await wait_until(lambda: not store._tenants["tight"].leases, timeout=2)
         # Reconciled: the ~57 reserved tokens less the few generated went back to the bucket.
         level = store._tenants["tight"].tokens.level
         assert level > 100 - 57 + 30
-        await t.gate.drain()
-        await t.gate.meter.flush()
-        events = [e for e in t.gate.meter.store.events if e.tenant == "tight"]
+        await t.tenancy.admission.drain()
+        await t.tenancy.meter.flush()
+        events = [e for e in t.tenancy.meter.store.events if e.tenant == "tight"]
         assert [e.status for e in events] == ["cancelled"] and not events[0].exact
         assert (await t.create(key, max_tokens=1)).usage.completion_tokens == 1  # the slot is free
     finally:
@@ -248,16 +248,16 @@ async def test_reconcile_uses_the_real_usage_and_meters_it(tenanted: Tenanted) -
     reply = await tenanted.create(tenanted.keys["beta"], max_tokens=7)
     events_seen = [m async for m in tenanted.stream(tenanted.keys["beta"], max_tokens=4)]
     assert not events_seen[-1].end.HasField("usage")  # not asked for: not sent, though we needed it
-    await tenanted.gate.drain()
-    await tenanted.gate.meter.flush()
-    events = list(tenanted.gate.meter.store.events)
+    await tenanted.tenancy.admission.drain()
+    await tenanted.tenancy.meter.flush()
+    events = list(tenanted.tenancy.meter.store.events)
     assert [e.status for e in events] == ["ok", "ok"] and all(e.exact for e in events)
     assert events[0].request_id == reply.id and events[0].completion_tokens == 7
     assert events[0].prompt_tokens == reply.usage.prompt_tokens and events[0].backend
     assert events[1].completion_tokens == 4 and events[1].ttft_ms is not None
     # The bucket holds exactly the real usage: both reservations were reconciled.
     used = sum(e.prompt_tokens + e.completion_tokens for e in events)
-    level = tenanted.gate.limiter._store._tenants["beta"].tokens.level
+    level = tenanted.tenancy.limiter._store._tenants["beta"].tokens.level
     assert 1_000_000 - used <= level < 1_000_000 - used + 100  # + refill since
 
 
@@ -276,18 +276,18 @@ async def test_a_failed_stream_is_reconciled_and_metered_as_an_error(tmp_path: P
     try:
         with pytest.raises(grpc.aio.AioRpcError):
             [m async for m in t.stream(t.keys["beta"], max_tokens=20)]
-        await t.gate.drain()
-        await t.gate.meter.flush()
-        (event,) = t.gate.meter.store.events
+        await t.tenancy.admission.drain()
+        await t.tenancy.meter.flush()
+        (event,) = t.tenancy.meter.store.events
         assert event.status == "error" and not event.exact and event.completion_tokens >= 1
-        assert not t.gate.limiter._store._tenants["beta"].leases
+        assert not t.tenancy.limiter._store._tenants["beta"].leases
         # Invalid requests are refused by the domain: refunded whole, not metered.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await t.create(t.keys["beta"], temperature=5.0)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        await t.gate.drain()
-        await t.gate.meter.flush()
-        assert len(t.gate.meter.store.events) == 1
+        await t.tenancy.admission.drain()
+        await t.tenancy.meter.flush()
+        assert len(t.tenancy.meter.store.events) == 1
     finally:
         await stop(t)
 
@@ -296,8 +296,8 @@ async def test_usage_service_shows_a_tenant_only_its_own(tenanted: Tenanted) -> 
     await tenanted.create(tenanted.keys["acme"], max_tokens=3)
     await tenanted.create(tenanted.keys["beta"], max_tokens=2)
     await tenanted.create(tenanted.keys["beta"], max_tokens=2)
-    await tenanted.gate.drain()
-    await tenanted.gate.meter.flush()
+    await tenanted.tenancy.admission.drain()
+    await tenanted.tenancy.meter.flush()
     usage = usage_pb2_grpc.UsageServiceStub(tenanted.d.channel)
     own = await usage.GetUsage(usage_pb2.GetUsageRequest(), metadata=bearer(tenanted.keys["beta"]))
     (row,) = own.records
@@ -350,19 +350,21 @@ async def test_admin_keys_read_usage_and_admin_service_but_call_no_model(
 async def test_the_tenant_and_priority_reach_the_domain(tenanted: Tenanted) -> None:
     seen: list[tuple[str, int, frozenset[str] | None]] = []
     service = tenanted.d.gateway.service
-    original = service.admit
+    original = service.stream
 
-    def spy(request, tenant="", priority=0, allowed=None):  # type: ignore[no-untyped-def]
-        seen.append((tenant, priority, allowed))
-        return original(request, tenant, priority, allowed)
+    def spy(completion):  # type: ignore[no-untyped-def]
+        seen.append((completion.tenant, completion.priority, completion.allowed))
+        return original(completion)
 
-    service.admit = spy  # type: ignore[method-assign]
+    service.stream = spy  # type: ignore[method-assign]
     await tenanted.create(tenanted.keys["beta"], max_tokens=1)
-    assert seen == [("beta", 1, None)]  # priority "standard"; every model allowed
+    await tenanted.create(tenanted.keys["acme"], max_tokens=1)
+    # Priority "standard"; beta may use every model, acme only sim-small.
+    assert seen == [("beta", 1, None), ("acme", 1, frozenset({"sim-small"}))]
 
 
 async def test_many_concurrent_calls_leave_no_lease_behind(tenanted: Tenanted) -> None:
     key = tenanted.keys["beta"]
     await asyncio.gather(*(tenanted.create(key, max_tokens=3) for _ in range(30)))
-    await tenanted.gate.drain()
-    assert not tenanted.gate.limiter._store._tenants["beta"].leases
+    await tenanted.tenancy.admission.drain()
+    assert not tenanted.tenancy.limiter._store._tenants["beta"].leases

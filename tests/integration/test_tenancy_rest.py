@@ -134,8 +134,8 @@ async def test_get_usage_shows_the_tenant_its_own_and_the_admin_all(stack: Stack
     async with stack.client(stack.keys["acme"]) as client:
         await client.chat.completions.create(model="small", messages=HELLO, max_tokens=5)  # type: ignore[arg-type]
     assert stack.d.gateway.tenancy is not None
-    await stack.d.gateway.tenancy.gate.drain()
-    await stack.d.gateway.tenancy.gate.meter.flush()
+    await stack.d.gateway.tenancy.admission.drain()
+    await stack.d.gateway.tenancy.meter.flush()
     async with httpx.AsyncClient(base_url=stack.shim.base_url) as http:
 
         async def usage(key: str, **query: str) -> httpx.Response:

@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from gateway.config import ConfigError
+from gateway.domain.accounting import estimate_prompt_tokens
 from gateway.tenancy import keys, tenant_file
 from gateway.tenancy.cli import main as cli
 from gateway.tenancy.config import load_tenants
 from gateway.tenancy.directory import TenantDirectory
-from gateway.tenancy.gate import estimate_prompt_tokens
-from gateway.transport.tenancy import format_duration
+from gateway.transport.ratelimit import format_duration
 from tests.tenancy_helpers import tenant, write_tenants
 
 ROOT = Path(__file__).resolve().parents[2]

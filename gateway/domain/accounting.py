@@ -1,0 +1,81 @@
+"""What admission grants a request, and what the request used when it ended.
+
+The chat service asks its admission port for a ``Grant`` before routing
+(who is calling, at what priority, which models, what was reserved) and
+hands back a ``Spent`` when the request ends, however it ends, so limits
+are reconciled and usage metered by the one component that saw the whole
+request. Token estimates live here because both sides need them: the
+reservation before anything ran, and the account of a request that ended
+without the backend's exact usage.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.limits.limiter import Reservation
+from gateway.limits.ports import Decision
+
+# Rough prompt estimate (reconciled with the real count when the backend reports it):
+# ~4 characters a token, plus the chat template's few tokens per message.
+CHARS_PER_TOKEN = 4.0
+TOKENS_PER_MESSAGE = 4
+
+
+def estimate_tokens(chars: int) -> int:
+    """Tokens in ``chars`` characters of text, rounded up."""
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def estimate_prompt_tokens(message_chars: Iterable[int]) -> int:
+    """Prompt tokens of messages of these lengths (an over-estimate on purpose)."""
+    return sum(estimate_tokens(c) + TOKENS_PER_MESSAGE for c in message_chars) + 3
+
+
+class Status(enum.Enum):
+    """How an admitted request ended, for accounting."""
+
+    OK = "ok"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    # Refused by the domain or the engine as invalid before anything was served:
+    # the reservation is returned whole and nothing is metered.
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An admitted request's allowance: who is calling, its priority class, the
+    models it may use (fallbacks included) and the capacity reserved for it."""
+
+    tenant: str
+    key_id: str
+    priority: int
+    allowed: frozenset[str] | None  # canonical model names; None: every model
+    reservation: Reservation
+    prompt_estimate: int
+
+    @property
+    def decision(self) -> Decision:
+        """The admission decision (bucket state, for the rate-limit headers)."""
+        return self.reservation.decision
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What an admitted request used. Token counts are the backend's when the
+    stream finished (``exact``), otherwise what was sent to the client."""
+
+    request_id: str
+    status: Status
+    model: str  # the model that served it (a fallback, maybe); the requested one if none did
+    backend: str
+    prompt_tokens: int
+    completion_tokens: int
+    exact: bool
+    started_at: float  # unix seconds
+    duration_s: float
+    ttft_s: float | None
