@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class FinishReason(enum.Enum):
@@ -14,6 +15,13 @@ class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
+
+
+# Engines speak OpenAI's JSON shapes for everything structured (content parts,
+# tool calls, tools, tool_choice, response_format): both engines consume them
+# as such (the vllm engine forwards them, the sim reads them).
+JsonObject = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +31,12 @@ class EngineMessage:
     role: str
     content: str
     name: str | None = None
+    # OpenAI content parts ({"type": "text", "text": ...}, image_url, input_audio);
+    # when set, ``content`` is their text parts joined with "\n".
+    parts: Sequence[JsonObject] = ()
+    # OpenAI tool calls of an assistant message ({"id", "type", "function"}).
+    tool_calls: Sequence[JsonObject] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +46,67 @@ class EngineRequest:
     request_id: str
     model: str
     messages: Sequence[EngineMessage]
-    max_tokens: int
+    # None: the engine's own limit (its context minus the prompt, as vLLM does).
+    max_tokens: int | None
     temperature: float | None = None
     top_p: float | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    logit_bias: Mapping[str, float] = field(default_factory=dict)
+    tools: Sequence[JsonObject] = ()
+    # "none", "auto", "required" or {"type": "function", "function": {"name": ...}}.
+    tool_choice: str | JsonObject | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: JsonObject | None = None
+    reasoning_effort: str | None = None
+    # Engine-specific fields (vLLM's top_k, min_p, ...), forwarded unchanged.
+    extras: JsonObject | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """Text generated since the previous event, and how many tokens it holds."""
+    """Text of the first choice since the previous event, and how many tokens it holds."""
 
     text: str
     token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFragment:
+    """Part of a tool call: the first carries id and name, later ones argument text."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log probability of one token; ``top`` holds (token, logprob, bytes) alternatives."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+    top: Sequence[tuple[str, float, builtins.bytes]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceEvent:
+    """Anything a Delta cannot say: another choice's text, reasoning text,
+    tool-call fragments, log probabilities."""
+
+    index: int
+    token_count: int
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: Sequence[ToolCallFragment] = ()
+    logprobs: Sequence[TokenLogprob] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +116,12 @@ class Finished:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # Every choice's reason, by index, when n > 1 (``reason`` is choice 0's).
+    choice_reasons: Sequence[FinishReason] = ()
+
+
+# What an engine's generate yields.
+EngineEvent = Delta | ChoiceEvent | Finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +132,10 @@ class LoadReport:
     waiting: int
     capacity: int
     kv_cache_usage: float | None = None
+
+
+# OpenAI's error code for a prompt plus completion over the model's context.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 
 
 class EngineError(Exception):
@@ -91,16 +161,18 @@ class EngineRejectedRequest(EngineError):
 
     reason = "invalid_request"
 
-    def __init__(self, message: str, field: str = "messages") -> None:
+    def __init__(self, message: str, field: str = "messages", reason: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+        if reason is not None:
+            self.reason = reason  # e.g. OpenAI's "context_length_exceeded"
 
 
 class Engine(Protocol):
     """An inference engine. ``generate`` must stop work promptly when its
     iterator is closed or its task cancelled: that is how aborts reach it."""
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Stream deltas, then exactly one Finished; or raise EngineError."""
         ...
 

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from backends.engine import Delta, Engine, EngineError, EngineRequest, Finished, LoadReport
+from backends.engine import Engine, EngineError, EngineEvent, EngineRequest, Finished, LoadReport
 
 _TRACER = trace.get_tracer("llmgw.sidecar")
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -110,7 +110,7 @@ class MeteredEngine:
         """Close the wrapped engine."""
         await self._engine.close()
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Relay the engine's events, recording what happened."""
         m, model = self._metrics, self._model
         began = time.perf_counter()
@@ -118,11 +118,12 @@ class MeteredEngine:
         first = True
         with _TRACER.start_as_current_span("llmgw.engine/generate", kind=SpanKind.INTERNAL) as span:
             span.set_attribute("gen_ai.request.model", request.model or model)
-            span.set_attribute("gen_ai.request.max_tokens", request.max_tokens)
+            if request.max_tokens is not None:
+                span.set_attribute("gen_ai.request.max_tokens", request.max_tokens)
             span.set_attribute("llmgw.request_id", request.request_id)
             try:
                 async for event in self._engine.generate(request):
-                    if type(event) is Delta:
+                    if type(event) is not Finished:
                         if first:
                             first = False
                             m.ttft.labels(model).observe(time.perf_counter() - began)

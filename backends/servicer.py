@@ -7,65 +7,24 @@ from contextlib import aclosing
 
 import grpc
 
+from backends.convert import FINISH, to_choice_message
+from backends.convert import to_engine_request as to_engine_request
 from backends.engine import (
+    ChoiceEvent,
     Delta,
     Engine,
     EngineError,
+    EngineEvent,
     EngineFailed,
-    EngineMessage,
     EngineRejectedRequest,
-    EngineRequest,
     EngineUnavailable,
     Finished,
-    FinishReason,
 )
 from common.batching import Pace, StreamLimits, batched
 from common.grpcutil.abort import abort_soon
 from common.grpcutil.status import ErrorDetails, FieldViolation, build_status
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
-
-_ROLE_NAMES = {
-    pb.ROLE_SYSTEM: "system",
-    pb.ROLE_USER: "user",
-    pb.ROLE_ASSISTANT: "assistant",
-    pb.ROLE_TOOL: "tool",
-    pb.ROLE_DEVELOPER: "developer",
-}
-_FINISH = {
-    FinishReason.STOP: pb.FINISH_REASON_STOP,
-    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
-}
-
-
-def to_engine_request(request: pb.GenerateRequest) -> EngineRequest:
-    """Convert the wire request; raise EngineRejectedRequest on a malformed one."""
-    messages = []
-    for i, m in enumerate(request.messages):
-        role = _ROLE_NAMES.get(m.role)
-        if role is None:
-            raise EngineRejectedRequest("role must be set", field=f"messages[{i}].role")
-        messages.append(
-            EngineMessage(role=role, content=m.content, name=m.name if m.HasField("name") else None)
-        )
-    if not messages:
-        raise EngineRejectedRequest("at least one message is required")
-    s = request.sampling
-    if s.max_tokens < 1:
-        raise EngineRejectedRequest("max_tokens must be at least 1", field="sampling.max_tokens")
-    return EngineRequest(
-        request_id=request.request_id,
-        model=request.model,
-        messages=messages,
-        max_tokens=s.max_tokens,
-        temperature=s.temperature if s.HasField("temperature") else None,
-        top_p=s.top_p if s.HasField("top_p") else None,
-        stop=tuple(s.stop),
-        seed=s.seed if s.HasField("seed") else None,
-        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
-        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
-    )
 
 
 def engine_error_status(error: EngineError) -> grpc.Status:
@@ -89,8 +48,8 @@ def engine_error_status(error: EngineError) -> grpc.Status:
     return build_status(code, str(error), ErrorDetails(reason=error.reason))
 
 
-def _messages(batch: list[Delta | Finished]) -> list[pb.GenerateResponse]:
-    """One message for all the deltas of a batch, one for a Finished."""
+def _messages(batch: list[EngineEvent]) -> list[pb.GenerateResponse]:
+    """One message for each run of plain deltas in a batch, one per other event."""
     out: list[pb.GenerateResponse] = []
     texts: list[str] = []
     tokens = 0
@@ -98,17 +57,21 @@ def _messages(batch: list[Delta | Finished]) -> list[pb.GenerateResponse]:
         if type(event) is Delta:
             texts.append(event.text)
             tokens += event.token_count
+            continue
+        if texts:
+            out.append(_delta(texts, tokens))
+            texts, tokens = [], 0
+        if type(event) is ChoiceEvent:
+            out.append(to_choice_message(event))
         else:
             assert isinstance(event, Finished)
-            if texts:
-                out.append(_delta(texts, tokens))
-                texts, tokens = [], 0
             out.append(
                 pb.GenerateResponse(
                     finished=pb.GenerateFinished(
-                        finish_reason=_FINISH[event.reason],
+                        finish_reason=FINISH[event.reason],
                         prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens,
+                        choice_finish_reasons=[FINISH[r] for r in event.choice_reasons],
                     )
                 )
             )
@@ -125,7 +88,7 @@ def _stalled_status(limits: StreamLimits) -> grpc.Status:
     )
 
 
-def _weight(event: Delta | Finished) -> int:
+def _weight(event: EngineEvent) -> int:
     """An event's share of the stream buffer and batch limits: its characters."""
     return len(event.text) + 1 if type(event) is Delta else 1
 

@@ -51,8 +51,8 @@ class ModelPlan(Protocol):
         ...
 
     @property
-    def default_max_tokens(self) -> int:
-        """max_tokens when a request sets none."""
+    def default_max_tokens(self) -> int | None:
+        """max_tokens when a request sets none; None: up to the model's limit."""
         ...
 
     @property
@@ -77,7 +77,7 @@ class SimModel:
     alias: str
     port: int
     sim: Mapping[str, float]
-    default_max_tokens: int = 256
+    default_max_tokens: int | None = None  # None: up to the model's limit
     max_output_tokens: int = 4096
     metrics_port: int | None = None
     stream_interval_ms: float = 0.0

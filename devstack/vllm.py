@@ -57,7 +57,7 @@ class VllmModel:
     max_model_len: int = 2048
     max_num_seqs: int = 128
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE takes whole GiB
-    default_max_tokens: int = 256
+    default_max_tokens: int | None = None  # None: up to the model's limit
     max_output_tokens: int = 1024
     fallbacks: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = field(default_factory=tuple)

@@ -51,8 +51,19 @@ class ModelConfig(BaseModel):
         default=None, description="Name the engine knows the model by; defaults to name."
     )
     owned_by: str = "llmgw"
-    default_max_tokens: int = Field(default=256, ge=1)
+    default_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Completion limit when the client sets none; unset: up to the model's "
+        "limit (the context minus the prompt), as vLLM does.",
+    )
     max_output_tokens: int = Field(default=4096, ge=1)
+    reserve_completion_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="Completion tokens rate limits reserve when the client sets no "
+        "max_tokens; reconciled with the real count when the call ends.",
+    )
     fallbacks: list[str] = Field(
         default_factory=list,
         description="Models tried in order when this one's pool is down, open or saturated.",
@@ -89,7 +100,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _defaults_fit(self) -> ModelConfig:
-        if self.default_max_tokens > self.max_output_tokens:
+        if self.default_max_tokens is not None and self.default_max_tokens > self.max_output_tokens:
             raise ValueError("default_max_tokens cannot exceed max_output_tokens")
         return self
 

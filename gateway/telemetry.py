@@ -241,6 +241,7 @@ class AccessLog:
             "request",
             extra={
                 "request_id": record.request_id,
+                "x_request_id": record.client_request_id or None,
                 "trace_id": format(span.trace_id, "032x") if span.is_valid else None,
                 "tenant": record.tenant or "anonymous",
                 "model": record.model,

@@ -20,7 +20,9 @@ from rest_shim.asgi_responses import CompletionResponse, CompletionStreamRespons
 from rest_shim.auth_guard import AuthGuard, gateway_metadata
 from rest_shim.decoding import BodyDecoder, decode_chat
 from rest_shim.errors import ApiError, from_grpc_error
+from rest_shim.headers import add_cors
 from rest_shim.metrics import MetricsMiddleware
+from rest_shim.request_id import RequestIdMiddleware, request_id_of
 from rest_shim.request_limits import RequestLimits
 from rest_shim.settings import ShimSettings
 from rest_shim.usage import router as usage_router
@@ -31,13 +33,15 @@ _FORWARDED_HEADERS = ("x-session-id",)
 
 
 def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
-    """The credential, then the other forwarded headers that gRPC metadata can carry."""
+    """The credential, the other forwarded headers that gRPC metadata can carry, and
+    the request id (the gateway logs it)."""
     forwarded = tuple(
         (h, v)
         for h in _FORWARDED_HEADERS
         if (v := request.headers.get(h)) is not None and v.isascii() and v.isprintable()
     )
-    return gateway_metadata(request) + forwarded
+    request_id = ("x-request-id", request_id_of(request.scope))
+    return (*gateway_metadata(request), *forwarded, request_id)
 
 
 class GatewayClient:
@@ -109,24 +113,33 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> Response:
-        return ErrorResponse(error)
+        return ErrorResponse(error, request_id_of(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
         if error.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
             return ErrorResponse(
-                ApiError(404, message, "invalid_request_error", code="unknown_url")
+                ApiError(404, message, "invalid_request_error", code="unknown_url"),
+                request_id_of(request.scope),
             )
+        # Starlette's own headers (Allow on a 405) stay.
         return ErrorResponse(
-            ApiError(error.status_code, str(error.detail), "invalid_request_error")
+            ApiError(
+                error.status_code,
+                str(error.detail),
+                "invalid_request_error",
+                extra_headers=dict(error.headers or {}),
+            ),
+            request_id_of(request.scope),
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> Response:
         # Never a traceback to the client; the server log has it.
         return ErrorResponse(
-            ApiError(500, "The server had an error while processing your request.", "server_error")
+            ApiError(500, "The server had an error while processing your request.", "server_error"),
+            request_id_of(request.scope),
         )
 
     if settings.require_api_key:
@@ -136,6 +149,8 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
     limits = RequestLimits(
         max_messages=settings.max_messages, max_content_parts=settings.max_content_parts
     )
+    add_cors(app, settings.cors_origins)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -155,6 +170,8 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
                 ),
                 include_usage,
                 settings.sse_keepalive_s,
+                choices=max(1, body.n or 1),
+                logprobs=bool(body.logprobs),
             )
         if body.stream_options is not None:
             raise ApiError(
@@ -167,7 +184,8 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
         return CompletionResponse(
             lambda: gateway.chat.CreateChatCompletion(
                 unary_request, metadata=metadata, timeout=timeout
-            )
+            ),
+            logprobs=bool(body.logprobs),
         )
 
     @app.get("/v1/models")
@@ -178,7 +196,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
                 pb.ListModelsRequest(), metadata=_metadata(request), timeout=10
             )
         except grpc.aio.AioRpcError as error:
-            return ErrorResponse(from_grpc_error(error))
+            return ErrorResponse(from_grpc_error(error), request_id_of(request.scope))
         return json_response(
             {
                 "object": "list",

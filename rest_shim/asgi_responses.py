@@ -19,8 +19,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmgw.v1 import chat_pb2 as pb
+from rest_shim import request_id
 from rest_shim.errors import ApiError, from_grpc_error
-from rest_shim.sse import DONE, FINISH_REASONS, KEEPALIVE, ChunkEncoder, error_event
+from rest_shim.render import completion_json
+from rest_shim.sse import DONE, KEEPALIVE, ChunkEncoder, error_event
 
 log = logging.getLogger("llmgw.shim")
 
@@ -46,9 +48,13 @@ def _watch(receive: Receive, call: grpc.aio.Call) -> asyncio.Task[None]:
     return task
 
 
-async def send_error(send: Send, error: ApiError) -> None:
+async def send_error(send: Send, error: ApiError, scope: Scope) -> None:
     """Answer an OpenAI error JSON with its status and headers."""
-    headers = [*_JSON_HEADERS, *((k.encode(), v.encode()) for k, v in error.headers().items())]
+    headers = [
+        *_JSON_HEADERS,
+        request_id.header(scope),
+        *((k.encode(), v.encode()) for k, v in error.headers().items()),
+    ]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": error.body()})
 
@@ -56,11 +62,14 @@ async def send_error(send: Send, error: ApiError) -> None:
 class ErrorResponse(Response):
     """An OpenAI-shaped error as a starlette Response."""
 
-    def __init__(self, error: ApiError) -> None:
+    def __init__(self, error: ApiError, rid: str | None = None) -> None:
+        headers = error.headers()
+        if rid is not None:
+            headers[request_id.HEADER] = rid
         super().__init__(
             content=error.body(),
             status_code=error.status,
-            headers=error.headers(),
+            headers=headers,
             media_type="application/json",
         )
 
@@ -79,16 +88,15 @@ def _routing_headers(metadata: Any) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def _id_header(completion_id: str) -> tuple[bytes, bytes]:
-    return (b"x-request-id", completion_id.encode())
-
-
 class CompletionResponse(Response):
     """Runs a unary CreateChatCompletion and answers OpenAI's chat.completion JSON."""
 
-    def __init__(self, start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]]) -> None:
+    def __init__(
+        self, start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]], logprobs: bool = False
+    ) -> None:
         super().__init__()
         self._start_call = start_call
+        self._logprobs = logprobs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer once the completion is whole; cancel it if the client leaves."""
@@ -98,7 +106,7 @@ class CompletionResponse(Response):
             response: pb.CreateChatCompletionResponse = await call
             routing = _routing_headers(await call.initial_metadata())
         except grpc.aio.AioRpcError as error:
-            await send_error(send, from_grpc_error(error))
+            await send_error(send, from_grpc_error(error), scope)
             return
         except asyncio.CancelledError:
             if watcher.done():
@@ -106,39 +114,12 @@ class CompletionResponse(Response):
             raise
         finally:
             watcher.cancel()
-        usage = response.usage
-        body = orjson.dumps(
-            {
-                "id": response.id,
-                "object": "chat.completion",
-                "created": response.created,
-                "model": response.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": response.message.content,
-                            "refusal": None,
-                            "annotations": [],
-                        },
-                        "logprobs": None,
-                        "finish_reason": FINISH_REASONS.get(response.finish_reason, "stop"),
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
-                "system_fingerprint": None,
-            }
-        )
+        body = orjson.dumps(completion_json(response, self._logprobs))
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_JSON_HEADERS, _id_header(response.id), *routing],
+                "headers": [*_JSON_HEADERS, request_id.header(scope), *routing],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -157,11 +138,15 @@ class CompletionStreamResponse(Response):
         start_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
         include_usage: bool,
         keepalive_s: float = 15.0,
+        choices: int = 1,
+        logprobs: bool = False,
     ) -> None:
         super().__init__()
         self._start_call = start_call
         self._include_usage = include_usage
         self._keepalive_s = keepalive_s
+        self._choices = choices
+        self._logprobs = logprobs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Relay the stream; cancel the gateway call as soon as the client leaves."""
@@ -175,18 +160,24 @@ class CompletionStreamResponse(Response):
             # clients do not drop an idle connection.
             while not (await asyncio.wait({pending}, timeout=self._keepalive_s))[0]:
                 if not started:
-                    await send(
-                        {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS}
-                    )
+                    headers = [*_SSE_HEADERS, request_id.header(scope)]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
                     started = True
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
             first = pending.result()
             if first is grpc.aio.EOF or not first.HasField("start"):
                 raise RuntimeError("the gateway stream did not begin with StreamStart")
             start = first.start
-            encoder = ChunkEncoder(start.id, start.created, start.model, self._include_usage)
+            encoder = ChunkEncoder(
+                start.id,
+                start.created,
+                start.model,
+                self._include_usage,
+                choices=self._choices,
+                logprobs=self._logprobs,
+            )
             if not started:
-                headers = [*_SSE_HEADERS, _id_header(start.id)]
+                headers = [*_SSE_HEADERS, request_id.header(scope)]
                 headers.extend(_routing_headers(await call.initial_metadata()))
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 started = True
@@ -198,9 +189,11 @@ class CompletionStreamResponse(Response):
                 # Per-token path: one field test, one encode, one send.
                 if message.HasField("delta"):
                     chunk = content(message.delta.content)
+                elif message.HasField("choice_delta"):
+                    chunk = encoder.choice(message.choice_delta)
                 else:
                     end = message.end
-                    chunk = encoder.finish(end.finish_reason)
+                    chunk = encoder.finish(end.finish_reason, end.choice_finish_reasons)
                     if end.HasField("usage"):
                         chunk += encoder.usage(end.usage.prompt_tokens, end.usage.completion_tokens)
                     chunk += DONE
@@ -210,7 +203,7 @@ class CompletionStreamResponse(Response):
                 raise RuntimeError("the gateway stream ended without StreamEnd")
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except grpc.aio.AioRpcError as error:
-            await self._fail(send, from_grpc_error(error), started)
+            await self._fail(send, from_grpc_error(error), started, scope)
         except asyncio.CancelledError:
             if watcher.done():
                 return  # the client left; the gateway call is already cancelled
@@ -223,6 +216,7 @@ class CompletionStreamResponse(Response):
                 send,
                 ApiError(500, "The server had an error while relaying the stream.", "server_error"),
                 started,
+                scope,
             )
         finally:
             pending.cancel()
@@ -230,10 +224,10 @@ class CompletionStreamResponse(Response):
             call.cancel()
 
     @staticmethod
-    async def _fail(send: Send, error: ApiError, started: bool) -> None:
+    async def _fail(send: Send, error: ApiError, started: bool, scope: Scope) -> None:
         try:
             if not started:
-                await send_error(send, error)
+                await send_error(send, error, scope)
                 return
             await send(
                 {

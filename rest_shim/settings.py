@@ -37,6 +37,11 @@ class ShimSettings(BaseSettings):
     max_content_parts: int = Field(
         default=4096, ge=1, description="Most content parts over all messages (400 above)."
     )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins browsers may call from (CORS), '*' for any; "
+        "empty: CORS off.",
+    )
     log_level: str = "info"
     metrics_listen: str = Field(
         default="127.0.0.1:9102",

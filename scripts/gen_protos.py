@@ -14,6 +14,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 BIN_DIR = Path(sys.executable).parent
+WELL_KNOWN = Path(protoc.__file__).parent / "_proto"
 PACKAGE_DIRS = (
     "llmgw",
     "llmgw/v1",
@@ -35,6 +36,8 @@ def generate(out_dir: Path) -> None:
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
+        # google/protobuf/*.proto (Struct), shipped inside grpcio-tools.
+        f"-I{WELL_KNOWN}",
         # The mypy plugins live beside this interpreter, which may not be on PATH.
         f"--plugin=protoc-gen-mypy={BIN_DIR / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={BIN_DIR / 'protoc-gen-mypy_grpc'}",

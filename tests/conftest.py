@@ -79,6 +79,7 @@ async def deploy(
     sims: dict[str, SimConfig],
     extra: Sequence[dict[str, object]] = (),
     tenancy: TenancyOptions | None = None,
+    default_max_tokens: int | None = 32,
 ) -> Deployment:
     engines: dict[str, SimEngine] = {}
     sidecars: list[RunningSidecar] = []
@@ -94,7 +95,7 @@ async def deploy(
                 "aliases": [name.split("-")[1]] if "-" in name else [],
                 "endpoints": [f"127.0.0.1:{sidecar.port}"],
                 "max_output_tokens": 1000,
-                "default_max_tokens": 32,
+                "default_max_tokens": default_max_tokens,
             }
         )
     models.extend(extra)

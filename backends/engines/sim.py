@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.engine import (
+    CONTEXT_LENGTH_EXCEEDED,
+    ChoiceEvent,
     Delta,
+    EngineEvent,
     EngineFailed,
     EngineRejectedRequest,
     EngineRequest,
@@ -31,8 +34,10 @@ from backends.engine import (
     Finished,
     FinishReason,
     LoadReport,
+    ToolCallFragment,
 )
 from backends.engines.prefix_cache import PrefixCache, PrefixCacheStats, prompt_text
+from backends.engines.sim_plan import ChoicePlan, logprob_of, needs_plan, plan_choice
 
 _sleep = asyncio.sleep  # the engine's only clock wait (a test may record the delays)
 
@@ -77,6 +82,10 @@ class SimConfig(BaseModel):
     failure_after_tokens: int = Field(default=8, ge=0)
     slow_factor: float = Field(default=10.0, ge=1, description="Latency multiplier for 'slow'.")
     random_seed: int = 0
+    input_modalities: list[str] = Field(
+        default_factory=lambda: ["text"],
+        description="Content part types the model accepts besides text: image_url, input_audio.",
+    )
 
 
 def estimate_prompt_tokens(request: EngineRequest) -> int:
@@ -150,16 +159,21 @@ class SimEngine:
             cfg.failure_probability >= 1.0 or self._random.random() < cfg.failure_probability
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Wait for a slot, then stream the deterministic answer on schedule."""
         cfg = self.config
         self._counters.received += 1
+        self._check_modalities(request)
         prompt_tokens = estimate_prompt_tokens(request)
-        if prompt_tokens + request.max_tokens > cfg.max_context_tokens:
+        asked = request.max_tokens
+        # No limit asked: as vLLM, whatever the context leaves after the prompt.
+        limit = asked if asked is not None else cfg.max_context_tokens - prompt_tokens
+        if prompt_tokens + max(limit, 1) > cfg.max_context_tokens:
             raise EngineRejectedRequest(
                 f"This model's maximum context length is {cfg.max_context_tokens} tokens. "
-                f"However, you requested {prompt_tokens + request.max_tokens} tokens "
-                f"({prompt_tokens} in the messages, {request.max_tokens} in the completion).",
+                f"However, you requested {prompt_tokens + max(limit, 1)} tokens "
+                f"({prompt_tokens} in the messages, {max(limit, 1)} in the completion).",
+                reason=CONTEXT_LENGTH_EXCEEDED,
             )
         counters = self._counters
         if counters.waiting >= cfg.max_waiting and self._slots.locked():
@@ -180,7 +194,8 @@ class SimEngine:
         counters.running += 1
         counters.started += 1
         try:
-            async for event in self._run(request, prompt_tokens, fault):
+            run = self._run_planned if needs_plan(request) else self._run
+            async for event in run(request, prompt_tokens, limit, fault):
                 yield event
             finished = True
         finally:
@@ -189,9 +204,22 @@ class SimEngine:
                 counters.aborted += 1
             self._slots.release()
 
+    def _check_modalities(self, request: EngineRequest) -> None:
+        accepted = self.config.input_modalities
+        for i, message in enumerate(request.messages):
+            for j, part in enumerate(message.parts):
+                kind = part.get("type", "text")
+                if kind != "text" and kind not in accepted:
+                    what = "image" if kind == "image_url" else "audio"
+                    raise EngineRejectedRequest(
+                        f"The model '{request.model}' does not accept {what} input "
+                        f"({kind} content parts); send text only.",
+                        field=f"messages[{i}].content[{j}]",
+                    )
+
     async def _run(
-        self, request: EngineRequest, prompt_tokens: int, fault: FailureMode
-    ) -> AsyncIterator[Delta | Finished]:
+        self, request: EngineRequest, prompt_tokens: int, limit: int, fault: FailureMode
+    ) -> AsyncIterator[EngineEvent]:
         cfg = self.config
         slow = cfg.slow_factor if fault is FailureMode.SLOW else 1.0
         loop = asyncio.get_running_loop()
@@ -209,7 +237,6 @@ class SimEngine:
             await asyncio.Event().wait()  # until cancelled, like a wedged engine
         words = _vocabulary(request)
         offset = _prompt_hash(request)
-        limit = request.max_tokens
         natural = cfg.output_tokens
         stops = tuple(s for s in request.stop if s)
         tail = ""
@@ -242,6 +269,68 @@ class SimEngine:
         self._prefix_cache.store(prompt + "<|assistant|>" + "".join(generated))
         reason = FinishReason.STOP if produced >= natural else FinishReason.LENGTH
         yield Finished(reason, prompt_tokens, produced)
+
+    async def _run_planned(
+        self, request: EngineRequest, prompt_tokens: int, limit: int, fault: FailureMode
+    ) -> AsyncIterator[EngineEvent]:
+        """Several choices, tool calls, JSON, reasoning or log probabilities:
+        every choice advances one token per step, as a batch engine decodes."""
+        cfg = self.config
+        slow = cfg.slow_factor if fault is FailureMode.SLOW else 1.0
+        loop = asyncio.get_running_loop()
+        prompt = prompt_text([(m.role, m.content) for m in request.messages])
+        cached = self._prefix_cache.lookup_and_store(prompt, prompt_tokens)
+        prefill = cfg.prefill_ms_per_1k_tokens * (prompt_tokens - cached) / 1000
+        ttft = (cfg.ttft_ms + prefill) * slow / 1000
+        itl = cfg.itl_ms * slow / 1000
+        due = loop.time() + ttft
+        if ttft > 0:
+            await _sleep(ttft)
+        if fault is FailureMode.HANG:
+            await asyncio.Event().wait()
+        words = _vocabulary(request)
+        seed = _prompt_hash(request)
+        stops = tuple(s for s in request.stop if s)
+        plans: list[ChoicePlan] = [
+            plan_choice(request, words, seed, k, cfg.output_tokens, stops) for k in range(request.n)
+        ]
+        top = request.top_logprobs or 0
+        steps = min(limit, max(len(p.tokens) for p in plans))
+        produced = 0
+        for step in range(steps):
+            if step >= cfg.failure_after_tokens:
+                if fault is FailureMode.ERROR_AFTER_TOKENS:
+                    raise EngineFailed(f"injected failure after {step} tokens")
+                if fault is FailureMode.STALL_AFTER_TOKENS:
+                    await asyncio.Event().wait()
+            for index, plan in enumerate(plans):
+                if step >= len(plan.tokens):
+                    continue
+                token = plan.tokens[step]
+                produced += 1
+                if token.kind == "reasoning":
+                    yield ChoiceEvent(index, 1, reasoning=token.text)
+                elif token.kind == "tool":
+                    fragment = ToolCallFragment(
+                        token.tool_index, token.tool_id, token.tool_name, token.text
+                    )
+                    yield ChoiceEvent(index, 1, tool_calls=(fragment,))
+                elif request.logprobs:
+                    logprob = logprob_of(token.text, step, top, words)
+                    yield ChoiceEvent(index, 1, text=token.text, logprobs=(logprob,))
+                elif index == 0:
+                    yield Delta(token.text, 1)
+                else:
+                    yield ChoiceEvent(index, 1, text=token.text)
+            if itl > 0 and step + 1 < steps:
+                due += itl
+                delay = due - loop.time()
+                if delay > 0:
+                    await _sleep(delay)
+        reasons = [p.finish if len(p.tokens) <= limit else FinishReason.LENGTH for p in plans]
+        yield Finished(
+            reasons[0], prompt_tokens, produced, tuple(reasons) if len(plans) > 1 else ()
+        )
 
 
 def _vocabulary(request: EngineRequest) -> tuple[str, ...]:

@@ -17,11 +17,10 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.engine import (
-    Delta,
+    EngineEvent,
     EngineFailed,
     EngineRequest,
     EngineUnavailable,
-    Finished,
     LoadReport,
 )
 from backends.engines.vllm_monitor import VllmMonitor
@@ -110,7 +109,7 @@ class VllmEngine:
             kv_cache_usage=load.kv_cache_usage,
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta | Finished]:
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Stream vLLM's answer; closing this generator aborts the request in vLLM."""
         client, monitor = self._client, self._monitor
         if client is None or monitor is None:
@@ -138,9 +137,14 @@ class VllmEngine:
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
                         if line.startswith(b"data: "):
-                            delta = parser.feed(line[6:].rstrip(b"\r"))
-                            if delta is not None:
-                                yield delta
+                            event = parser.feed(line[6:].rstrip(b"\r"))
+                            if event is None:
+                                continue
+                            if type(event) is tuple:  # several choices in one chunk
+                                for each in event:
+                                    yield each
+                            else:
+                                yield event  # type: ignore[misc]
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             raise EngineUnavailable(
                 f"vLLM at {self.config.url} is unreachable: {error!r}"

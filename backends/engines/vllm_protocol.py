@@ -7,20 +7,25 @@ parser of its SSE stream, and the map from vLLM's errors to engine errors.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from backends.engine import (
+    CONTEXT_LENGTH_EXCEEDED,
+    ChoiceEvent,
     Delta,
     EngineError,
+    EngineEvent,
     EngineFailed,
     EngineRejectedRequest,
     EngineRequest,
     EngineUnavailable,
     Finished,
     FinishReason,
+    TokenLogprob,
+    ToolCallFragment,
 )
 
 # vLLM's finish reasons that end a generation normally. "abort" (the request was
@@ -29,8 +34,7 @@ _FINISH = {
     "stop": FinishReason.STOP,
     "length": FinishReason.LENGTH,
     "content_filter": FinishReason.CONTENT_FILTER,
-    # Tool calls are not part of the contract yet; the turn did end normally.
-    "tool_calls": FinishReason.STOP,
+    "tool_calls": FinishReason.TOOL_CALLS,
 }
 
 # vLLM's `param` of a validation error -> the request field the client set.
@@ -61,27 +65,62 @@ def chat_body(request: EngineRequest, model: str) -> bytes:
     for m in request.messages:
         # Small models' chat templates know system/user/assistant; OpenAI's
         # "developer" is the newer name of "system".
-        message: dict[str, str] = {
+        message: dict[str, Any] = {
             "role": "system" if m.role == "developer" else m.role,
-            "content": m.content,
+            # Parts go as parts: vLLM joins text parts itself and reads images/audio.
+            "content": list(m.parts) if m.parts else m.content,
         }
         if m.name is not None:
             message["name"] = m.name
+        if m.tool_calls:
+            message["tool_calls"] = list(m.tool_calls)
+            if not m.content and not m.parts:
+                message["content"] = None
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
         messages.append(message)
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "max_tokens": request.max_tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-    }
+    # Engine extras first: the typed fields below win (the gateway refuses clashes).
+    body: dict[str, Any] = dict(request.extras) if request.extras else {}
+    body.update(
+        model=model,
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+    )
+    if request.max_tokens is not None:  # unset: vLLM's default, the rest of the context
+        body["max_tokens"] = request.max_tokens
     if request.stop:
         body["stop"] = list(request.stop)
     for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
         value = getattr(request, key)
         if value is not None:
             body[key] = value
+    _add_features(body, request)
     return orjson.dumps(body)
+
+
+def _add_features(body: dict[str, Any], request: EngineRequest) -> None:
+    """Tools, formats, log probabilities, n: OpenAI's own fields, which vLLM reads
+    (response_format becomes its structured outputs, a named tool_choice guided
+    decoding of the arguments)."""
+    if request.n != 1:
+        body["n"] = request.n
+    if request.tools:
+        body["tools"] = list(request.tools)
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    if request.logprobs:
+        body["logprobs"] = True
+        if request.top_logprobs is not None:
+            body["top_logprobs"] = request.top_logprobs
+    if request.logit_bias:
+        body["logit_bias"] = dict(request.logit_bias)
+    if request.reasoning_effort is not None:
+        body["reasoning_effort"] = request.reasoning_effort
 
 
 def error_from_response(status: int, body: bytes) -> EngineError:
@@ -90,7 +129,10 @@ def error_from_response(status: int, body: bytes) -> EngineError:
     if status == 400 or status == 422:
         # The client's fault (e.g. a prompt over the context): the message is
         # vLLM's own, written for API users, and reaches the client.
-        return EngineRejectedRequest(message or "vLLM refused the request", _field(param, message))
+        reason = CONTEXT_LENGTH_EXCEEDED if "context length" in message.lower() else None
+        return EngineRejectedRequest(
+            message or "vLLM refused the request", _field(param, message), reason
+        )
     if status in (408, 429, 502, 503, 504):
         return EngineUnavailable(f"vLLM answered {status}: {message}")
     if status == 404:
@@ -139,19 +181,25 @@ class StreamParser:
     """Turns the ``data:`` payloads of vLLM's SSE stream into engine events.
 
     Feed it each payload (the bytes after ``data: ``); it returns a Delta for
-    text, None for chunks that carry none, and raises EngineError for an
-    in-stream error. After ``[DONE]``, ``finished()`` gives the end event or
-    raises when vLLM never said why it stopped.
+    the first choice's plain text, a ChoiceEvent for anything richer (another
+    choice, reasoning, tool-call fragments, log probabilities), None for
+    chunks that carry none, and raises EngineError for an in-stream error.
+    vLLM sends one choice per chunk; a chunk with several gives a tuple.
+    After ``[DONE]``, ``finished()`` gives the end event or raises when vLLM
+    never said why it stopped.
     """
 
-    reported_tokens: int = 0  # completion tokens already passed on in deltas
+    reported_tokens: int = 0  # completion tokens of choice 0 already passed on
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
     finish_reason: str | None = None
     done: bool = False
+    # Choices other than the first: tokens passed on, and their finish reasons.
+    reported: dict[int, int] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
 
-    def feed(self, payload: bytes) -> Delta | None:
-        """One SSE data payload -> at most one Delta."""
+    def feed(self, payload: bytes) -> EngineEvent | tuple[EngineEvent, ...] | None:
+        """One SSE data payload -> its events."""
         if payload == b"[DONE]":
             self.done = True
             return None
@@ -165,37 +213,111 @@ class StreamParser:
         if usage:
             self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
-        text = ""
-        for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                text += content
-            if choice.get("finish_reason") is not None:
-                self.finish_reason = choice["finish_reason"]
-        if not text:
+        choices = chunk.get("choices")
+        if not choices:
             return None
-        # Tokens held back by the detokenizer (an incomplete character) show up
-        # in the count of the chunk that finally carries their text.
-        if self.completion_tokens is not None:
-            count = max(self.completion_tokens - self.reported_tokens, 1)
-        else:  # a vLLM without per-chunk usage: one token per chunk
-            count = 1
-        self.reported_tokens += count
-        return Delta(text, count)
+        if len(choices) == 1:
+            return self._choice(choices[0])
+        events = tuple(e for c in choices if (e := self._choice(c)) is not None)
+        return events or None
+
+    def _choice(self, choice: dict[str, Any]) -> EngineEvent | None:
+        index = choice.get("index", 0)
+        reason = choice.get("finish_reason")
+        if reason is not None:
+            self.reasons[index] = reason
+            if index == 0:
+                self.finish_reason = reason
+        delta = choice.get("delta") or {}
+        # Plain text of the first choice: the common case, kept cheap.
+        if (
+            index == 0
+            and not choice.get("logprobs")
+            and not delta.get("tool_calls")
+            and not delta.get("reasoning_content")
+            and not delta.get("reasoning")
+        ):
+            content = delta.get("content")
+            if not content:
+                return None
+            return Delta(content, self._count(0))
+        return self._rich(index, delta, choice.get("logprobs"))
+
+    def _rich(
+        self, index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None
+    ) -> EngineEvent | None:
+        text = delta.get("content") or ""
+        # vLLM's reasoning parsers: "reasoning_content", renamed "reasoning" later.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        calls = tuple(
+            ToolCallFragment(
+                index=call.get("index", 0),
+                id=call.get("id") or "",
+                name=(call.get("function") or {}).get("name") or "",
+                arguments=(call.get("function") or {}).get("arguments") or "",
+            )
+            for call in delta.get("tool_calls") or ()
+        )
+        entries = tuple(
+            TokenLogprob(
+                token=entry.get("token", ""),
+                logprob=float(entry.get("logprob", 0.0)),
+                bytes=bytes(entry.get("bytes") or ()),
+                top=tuple(
+                    (t.get("token", ""), float(t.get("logprob", 0.0)), bytes(t.get("bytes") or ()))
+                    for t in entry.get("top_logprobs") or ()
+                ),
+            )
+            for entry in ((logprobs or {}).get("content") or ())
+        )
+        if not (text or reasoning or calls or entries):
+            return None
+        return ChoiceEvent(
+            index=index,
+            token_count=self._count(index),
+            text=text,
+            reasoning=reasoning,
+            tool_calls=calls,
+            logprobs=entries,
+        )
+
+    def _count(self, index: int) -> int:
+        """Tokens in this chunk: vLLM's per-choice running count minus what was
+        passed on (tokens the detokenizer held back show up in the chunk that
+        finally carries their text); one a chunk without per-chunk usage."""
+        if self.completion_tokens is None:
+            return 1
+        before = self.reported_tokens if index == 0 else self.reported.get(index, 0)
+        count = max(self.completion_tokens - before, 1)
+        if index == 0:
+            self.reported_tokens = before + count
+        else:
+            self.reported[index] = before + count
+        return count
 
     def finished(self) -> Finished:
         """The end event, once the stream is over."""
         reason = self.finish_reason
         if not self.done or reason is None:
             raise EngineFailed("vLLM ended the stream without a finish reason")
-        if reason == "abort":
-            raise EngineFailed("vLLM aborted the request")
-        if reason == "error":
-            raise EngineFailed("vLLM failed while generating")
+        for seen in self.reasons.values():
+            if seen == "abort":
+                raise EngineFailed("vLLM aborted the request")
+            if seen == "error":
+                raise EngineFailed("vLLM failed while generating")
         if self.prompt_tokens is None or self.completion_tokens is None:
             raise EngineFailed("vLLM sent no usage (stream_options.include_usage)")
+        choice_reasons: tuple[FinishReason, ...] = ()
+        if len(self.reasons) > 1:
+            choice_reasons = tuple(
+                _FINISH.get(self.reasons.get(i, "stop"), FinishReason.STOP)
+                for i in range(max(self.reasons) + 1)
+            )
         return Finished(
-            _FINISH.get(reason, FinishReason.STOP), self.prompt_tokens, self.completion_tokens
+            _FINISH.get(reason, FinishReason.STOP),
+            self.prompt_tokens,
+            self.completion_tokens,
+            choice_reasons,
         )
 
 

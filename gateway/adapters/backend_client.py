@@ -11,7 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.grpcutil.server import CHANNEL_OPTIONS
 from common.grpcutil.status import parse_status
 from common.observability.tracing import grpc_client_interceptors
-from gateway.domain.chat import Finished, FinishReason, Generation, Role, StreamEvent, Usage
+from gateway.adapters.backend_convert import to_backend_request, to_choice_delta
+from gateway.domain.chat import Finished, FinishReason, Generation, StreamEvent, Usage
 from gateway.errors import (
     BackendFailed,
     BackendTimeout,
@@ -26,46 +27,12 @@ from llmgw.backend.v1 import backend_pb2_grpc as pb_grpc
 
 log = logging.getLogger("llmgw.gateway.backend")
 
-_ROLES = {
-    Role.SYSTEM: pb.ROLE_SYSTEM,
-    Role.USER: pb.ROLE_USER,
-    Role.ASSISTANT: pb.ROLE_ASSISTANT,
-    Role.TOOL: pb.ROLE_TOOL,
-    Role.DEVELOPER: pb.ROLE_DEVELOPER,
-}
 _FINISH = {
     pb.FINISH_REASON_STOP: FinishReason.STOP,
     pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
     pb.FINISH_REASON_CONTENT_FILTER: FinishReason.CONTENT_FILTER,
+    pb.FINISH_REASON_TOOL_CALLS: FinishReason.TOOL_CALLS,
 }
-
-
-def to_backend_request(generation: Generation) -> pb.GenerateRequest:
-    """Convert a generation to the sidecar contract."""
-    sampling = pb.SamplingParams(max_tokens=generation.max_tokens, stop=list(generation.stop))
-    if generation.temperature is not None:
-        sampling.temperature = generation.temperature
-    if generation.top_p is not None:
-        sampling.top_p = generation.top_p
-    if generation.seed is not None:
-        sampling.seed = generation.seed
-    if generation.presence_penalty is not None:
-        sampling.presence_penalty = generation.presence_penalty
-    if generation.frequency_penalty is not None:
-        sampling.frequency_penalty = generation.frequency_penalty
-    messages = []
-    for m in generation.messages:
-        assert m.role is not None, "validated requests always carry a role"
-        message = pb.Message(role=_ROLES[m.role], content=m.content)
-        if m.name is not None:
-            message.name = m.name
-        messages.append(message)
-    return pb.GenerateRequest(
-        request_id=generation.request_id,
-        model=generation.model,
-        messages=messages,
-        sampling=sampling,
-    )
 
 
 def backend_error(error: grpc.aio.AioRpcError, address: str) -> GatewayError:
@@ -125,11 +92,16 @@ class GrpcBackendClient:
                 # Per-token path: one field test, no allocation beyond the str.
                 if message.HasField("delta"):
                     yield message.delta.text
+                elif message.HasField("choice"):
+                    yield to_choice_delta(message.choice)
                 else:
                     done = message.finished
                     yield Finished(
                         _FINISH.get(done.finish_reason, FinishReason.STOP),
                         Usage(done.prompt_tokens, done.completion_tokens),
+                        tuple(
+                            _FINISH.get(r, FinishReason.STOP) for r in done.choice_finish_reasons
+                        ),
                     )
         except grpc.aio.AioRpcError as error:
             raise backend_error(error, address) from None

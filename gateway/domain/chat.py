@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Role(enum.Enum):
@@ -23,6 +24,42 @@ class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A text content part."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image content part (URL or data: URL)."""
+
+    url: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPart:
+    """A base64 audio content part."""
+
+    data: str
+    format: str
+
+
+ContentPart = TextPart | ImagePart | AudioPart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call made by an assistant message."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +69,75 @@ class Message:
     role: Role | None
     content: str
     name: str | None = None
+    parts: Sequence[ContentPart] = ()
+    tool_calls: Sequence[ToolCall] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTool:
+    """A function the model may call; ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolChoiceMode(enum.Enum):
+    """How the model may use tools."""
+
+    NONE = "none"
+    AUTO = "auto"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """A mode, or one named function (``function`` set, mode REQUIRED)."""
+
+    mode: ToolChoiceMode
+    function: str | None = None
+
+
+class ResponseFormatType(enum.Enum):
+    """Format of the answer."""
+
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """OpenAI's response_format; ``schema`` for JSON_SCHEMA."""
+
+    type: ResponseFormatType
+    name: str = ""
+    description: str = ""
+    schema: Mapping[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What a request asks for beyond plain sampled text: tools, formats,
+    log probabilities, several choices, engine extras. Passed from the
+    request to the backend unchanged once validated."""
+
+    n: int = 1
+    tools: Sequence[FunctionTool] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    reasoning_effort: str | None = None
+    engine_extras: Mapping[str, Any] | None = None
+
+
+NO_FEATURES = Features()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +160,7 @@ class ChatRequest:
     n: int | None = None
     user: str = ""
     session_id: str = ""  # x-session-id: keeps a conversation on one replica (prefix cache)
+    features: Features = NO_FEATURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +170,15 @@ class Generation:
     request_id: str
     model: str
     messages: Sequence[Message]
-    max_tokens: int
+    # None: the engine's own limit (the context minus the prompt).
+    max_tokens: int | None
     temperature: float | None
     top_p: float | None
     stop: Sequence[str]
     seed: int | None
     presence_penalty: float | None
     frequency_penalty: float | None
+    features: Features = NO_FEATURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +200,49 @@ class Finished:
 
     reason: FinishReason
     usage: Usage
+    # Every choice's reason, by index, when n > 1 (``reason`` is choice 0's).
+    choice_reasons: Sequence[FinishReason] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log probability of one generated token and its likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+    top: Sequence[TopLogprob] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call: the first carries id and name, later ones arguments."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceDelta:
+    """Anything a plain ``str`` delta cannot say: another choice's text,
+    reasoning text, tool-call fragments, log probabilities."""
+
+    index: int = 0
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: Sequence[ToolCallDelta] = ()
+    logprobs: Sequence[TokenLogprob] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +254,7 @@ class Routed:
     backend: str
 
 
-# A backend stream yields text deltas as plain ``str`` (the per-token hot path stays
-# allocation-light) and ends with exactly one ``Finished``.
-StreamEvent = str | Finished
+# A backend stream yields the first choice's text deltas as plain ``str`` (the
+# per-token hot path stays allocation-light), ChoiceDelta for anything richer,
+# and ends with exactly one ``Finished``.
+StreamEvent = str | ChoiceDelta | Finished

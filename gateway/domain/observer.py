@@ -24,6 +24,8 @@ class RequestRecord:
     prompt_tokens: int
     completion_tokens: int
     duration_s: float
+    # The caller's x-request-id (the REST shim always sends one); "" when none.
+    client_request_id: str = ""
 
 
 class CompletionObserver(Protocol):

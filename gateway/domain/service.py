@@ -25,7 +25,15 @@ from gateway.domain.accounting import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
-from gateway.domain.chat import ChatRequest, Finished, Generation, Routed, StreamEvent
+from gateway.domain.assemble import AssembledChoice, ChoiceAssembler
+from gateway.domain.chat import (
+    ChatRequest,
+    ChoiceDelta,
+    Finished,
+    Generation,
+    Routed,
+    StreamEvent,
+)
 from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
 from gateway.domain.ports import AdmissionPort, BackendPort
 from gateway.domain.resilience import ResiliencePolicy
@@ -70,6 +78,7 @@ class Completion:
     priority: int = 0
     allowed: frozenset[str] | None = None  # models the caller may use; None: all
     grant: Grant | None = None  # what admission reserved; settled when the stream ends
+    client_request_id: str = ""  # the caller's x-request-id, for logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,7 @@ class CompletedText:
     routed: Routed
     text: str
     finished: Finished
+    choices: list[AssembledChoice]
 
 
 def _weight(event: StreamEvent) -> int:
@@ -199,6 +209,8 @@ class ChatCompletionService:
                         outcome, status, usage = "ok", Status.OK, event
                     elif type(event) is Routed:
                         routed, ttft = event, self._monotonic() - began
+                    elif type(event) is ChoiceDelta:
+                        sent_chars += _chars(event)
                     yield event
         except GatewayError as error:
             outcome = error.reason
@@ -233,6 +245,7 @@ class ChatCompletionService:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                     duration_s=duration,
+                    client_request_id=completion.client_request_id,
                 )
             )
             if completion.grant is not None and self._admission is not None:
@@ -395,8 +408,16 @@ class ChatCompletionService:
                     # A batch is deltas, possibly followed by the Finished event.
                     end = batch[-1] if type(batch[-1]) is Finished else None
                     texts = batch[:-1] if end is not None else batch
-                    if texts:
-                        yield texts[0] if len(texts) == 1 else "".join(texts)  # type: ignore[arg-type]
+                    if len(texts) == 1:
+                        yield texts[0]
+                    elif texts:
+                        try:
+                            joined = "".join(texts)  # type: ignore[arg-type]
+                        except TypeError:  # rich events among them: keep each, in order
+                            for item in _merge_text(texts):
+                                yield item
+                        else:
+                            yield joined
                     if end is not None:
                         yield end
                         return
@@ -419,15 +440,44 @@ class ChatCompletionService:
 
     async def complete(self, completion: Completion) -> CompletedText:
         """Run a completion to its end and return the whole text."""
-        parts: list[str] = []
+        assembler = ChoiceAssembler()
         routed = Routed(completion.model, "")
         async with aclosing(self.stream(completion)) as events:
             async for event in events:
                 if type(event) is str:
-                    parts.append(event)
+                    assembler.text(event)
+                elif type(event) is ChoiceDelta:
+                    assembler.add(event)
                 elif type(event) is Routed:
                     routed = event
                 else:
                     assert isinstance(event, Finished)
-                    return CompletedText(completion, routed, "".join(parts), event)
+                    choices = assembler.finish(event)
+                    return CompletedText(completion, routed, choices[0].content, event, choices)
         raise BackendFailed("the backend ended the stream before the completion finished")
+
+
+def _chars(delta: ChoiceDelta) -> int:
+    """Characters a rich event sent (for the usage estimate when no count comes)."""
+    return (
+        len(delta.content)
+        + len(delta.reasoning)
+        + sum(len(c.name) + len(c.arguments) for c in delta.tool_calls)
+    )
+
+
+def _merge_text(items: list[StreamEvent]) -> list[StreamEvent]:
+    """Join runs of plain text between rich events (order kept)."""
+    out: list[StreamEvent] = []
+    run: list[str] = []
+    for item in items:
+        if type(item) is str:
+            run.append(item)
+            continue
+        if run:
+            out.append("".join(run))
+            run = []
+        out.append(item)
+    if run:
+        out.append("".join(run))
+    return out

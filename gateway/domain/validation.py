@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
-from gateway.domain.chat import ChatRequest, Generation
+from gateway.domain.chat import (
+    ChatRequest,
+    Features,
+    Generation,
+    ResponseFormatType,
+    Role,
+    ToolChoiceMode,
+)
 from gateway.errors import InvalidRequest, Violation
 from gateway.routing.limits import OutputLimits
 
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 128
+MAX_TOP_LOGPROBS = 20
+MAX_TOOLS = 128
+# Engine extras travel to the engine as JSON; a cap keeps them from being a
+# second, unmetered prompt.
+MAX_ENGINE_EXTRAS_BYTES = 16 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Fields of the typed API: setting them through engine extras would bypass
+# their validation (and the limits that depend on them).
+RESERVED_EXTRAS = frozenset(
+    {
+        "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+        "n", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+        "tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs",
+        "top_logprobs", "logit_bias", "reasoning_effort", "user", "request_id",
+    }
+)  # fmt: skip
 
 
 def check_request_shape(request: ChatRequest) -> None:
@@ -26,8 +52,17 @@ def check_request_shape(request: ChatRequest) -> None:
                     "role must be one of 'system', 'user', 'assistant', 'tool', 'developer'",
                 )
             )
-    if request.n is not None and request.n != 1:
-        problems.append(Violation("n", f"only n=1 is supported, got {request.n}"))
+    if request.n is not None and not 1 <= request.n <= MAX_CHOICES:
+        problems.append(Violation("n", f"n must be between 1 and {MAX_CHOICES}, got {request.n}"))
+    for i, message in enumerate(request.messages):
+        if message.role is Role.TOOL and not message.tool_call_id:
+            problems.append(
+                Violation(
+                    f"messages[{i}].tool_call_id",
+                    "messages with role 'tool' must answer a tool call: tool_call_id is missing",
+                )
+            )
+    _check_features(problems, request.features)
     _check_range(problems, "temperature", request.temperature, 0.0, 2.0)
     _check_range(problems, "top_p", request.top_p, 0.0, 1.0)
     if request.top_p is not None and request.top_p == 0.0:
@@ -48,12 +83,14 @@ def check_request_shape(request: ChatRequest) -> None:
         raise InvalidRequest(problems)
 
 
-def resolve_max_tokens(request: ChatRequest, limits: OutputLimits) -> int:
+def resolve_max_tokens(request: ChatRequest, limits: OutputLimits) -> int | None:
     """The effective completion limit; max_completion_tokens wins over max_tokens."""
     field, asked = "max_completion_tokens", request.max_completion_tokens
     if asked is None:
         field, asked = "max_tokens", request.max_tokens
     if asked is None:
+        # None: as vLLM, up to the model's limit (the context minus the prompt),
+        # unless the operator set a default for the model.
         return limits.default_max_tokens
     if asked > limits.max_output_tokens:
         raise InvalidRequest(
@@ -68,7 +105,9 @@ def resolve_max_tokens(request: ChatRequest, limits: OutputLimits) -> int:
     return asked
 
 
-def bind(request: ChatRequest, request_id: str, engine_model: str, max_tokens: int) -> Generation:
+def bind(
+    request: ChatRequest, request_id: str, engine_model: str, max_tokens: int | None
+) -> Generation:
     """Turn a validated request into the generation a backend is asked for."""
     return Generation(
         request_id=request_id,
@@ -81,7 +120,86 @@ def bind(request: ChatRequest, request_id: str, engine_model: str, max_tokens: i
         seed=request.seed,
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
+        features=request.features,
     )
+
+
+def _check_features(problems: list[Violation], features: Features) -> None:
+    """Tools, tool choice, response format, log probabilities, bias and extras."""
+    if len(features.tools) > MAX_TOOLS:
+        problems.append(Violation("tools", f"at most {MAX_TOOLS} tools are allowed"))
+    names = set()
+    for i, tool in enumerate(features.tools):
+        if not _NAME.match(tool.name):
+            problems.append(
+                Violation(
+                    f"tools[{i}].function.name",
+                    "a function name must be 1 to 64 of a-z, A-Z, 0-9, '_' and '-', "
+                    f"got {tool.name!r}",
+                )
+            )
+        names.add(tool.name)
+    choice = features.tool_choice
+    if choice is not None and choice.mode is not ToolChoiceMode.NONE and not features.tools:
+        problems.append(
+            Violation("tool_choice", "tool_choice is only allowed when tools are specified")
+        )
+    elif choice is not None and choice.function is not None and choice.function not in names:
+        problems.append(
+            Violation(
+                "tool_choice",
+                f"tool_choice names the function {choice.function!r}, which is not in tools",
+            )
+        )
+    fmt = features.response_format
+    if fmt is not None and fmt.type is ResponseFormatType.JSON_SCHEMA:
+        if not _NAME.match(fmt.name):
+            problems.append(
+                Violation(
+                    "response_format.json_schema.name",
+                    "the schema name must be 1 to 64 of a-z, A-Z, 0-9, '_' and '-'",
+                )
+            )
+        if fmt.schema is None:
+            problems.append(
+                Violation("response_format.json_schema.schema", "a JSON schema is required")
+            )
+    if features.top_logprobs is not None:
+        if not 0 <= features.top_logprobs <= MAX_TOP_LOGPROBS:
+            problems.append(
+                Violation(
+                    "top_logprobs",
+                    f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, "
+                    f"got {features.top_logprobs}",
+                )
+            )
+        elif not features.logprobs and features.top_logprobs > 0:
+            problems.append(Violation("top_logprobs", "top_logprobs requires logprobs to be true"))
+    for token, bias in features.logit_bias.items():
+        if math.isnan(bias) or not -100 <= bias <= 100:
+            problems.append(
+                Violation("logit_bias", f"bias of token {token} must be in [-100, 100]: {bias}")
+            )
+            break
+    extras = features.engine_extras
+    if extras:
+        clash = sorted(RESERVED_EXTRAS.intersection(extras))
+        if clash:
+            problems.append(
+                Violation(
+                    clash[0],
+                    f"'{clash[0]}' cannot be passed as an engine extra: it is a typed field",
+                )
+            )
+        size = len(json.dumps(extras, separators=(",", ":")))
+        if size > MAX_ENGINE_EXTRAS_BYTES:
+            problems.append(
+                Violation(
+                    "engine_extras",
+                    f"engine-specific fields take {size} bytes as JSON; "
+                    f"the limit is {MAX_ENGINE_EXTRAS_BYTES}",
+                )
+            )
 
 
 def _check_range(

@@ -18,7 +18,9 @@ def build_registry(config: GatewayConfig) -> ModelRegistry:
             aliases=tuple(m.aliases),
             engine_model=m.engine_model or m.name,
             owned_by=m.owned_by,
-            limits=OutputLimits(m.default_max_tokens, m.max_output_tokens),
+            limits=OutputLimits(
+                m.default_max_tokens, m.max_output_tokens, m.reserve_completion_tokens
+            ),
             pool=EndpointPool(
                 m.endpoints,
                 breaker_policy=BreakerPolicy(**config.resilience.breaker.model_dump()),

@@ -9,5 +9,8 @@ from dataclasses import dataclass
 class OutputLimits:
     """How many tokens a model may be asked for, and what to ask when the client is silent."""
 
-    default_max_tokens: int
+    # None: up to the model's limit (the engine's context minus the prompt).
+    default_max_tokens: int | None
     max_output_tokens: int
+    # What rate limits reserve when the client sets no limit (then reconciled).
+    reserve_completion_tokens: int = 256

@@ -133,7 +133,12 @@ class TenantAdmission:
         if completion is None:
             completion = request.max_tokens
         if completion is None:
-            completion = tenant.reserve_completion_tokens or route.limits.default_max_tokens
+            # No limit asked: an estimate (reconciled with the real count at the end).
+            completion = (
+                tenant.reserve_completion_tokens
+                or route.limits.default_max_tokens
+                or route.limits.reserve_completion_tokens
+            )
         completion = max(1, min(completion, route.limits.max_output_tokens))
         prompt = estimate_prompt_tokens(len(m.content) for m in request.messages)
         reservation = await self.limiter.acquire(

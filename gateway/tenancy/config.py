@@ -79,7 +79,7 @@ class LimitsConfig(BaseModel):
         default=None,
         ge=1,
         description="Completion tokens reserved when the client sets no max_tokens "
-        "(default: the model's default_max_tokens).",
+        "(default: the model's default_max_tokens, else its reserve_completion_tokens).",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -11,11 +12,18 @@ from opentelemetry import trace
 
 from common.grpcutil.abort import abort_soon
 from common.grpcutil.status import ErrorDetails, build_status
-from gateway.domain.chat import Finished, Routed
+from gateway.domain.assemble import AssembledChoice
+from gateway.domain.chat import ChoiceDelta, Finished, Routed
 from gateway.domain.service import ChatCompletionService, Completion
 from gateway.errors import ClientStalled, GatewayError
 from gateway.transport.auth import current_caller
-from gateway.transport.convert import FINISH_REASONS, to_chat_request, to_usage
+from gateway.transport.convert import (
+    FINISH_REASONS,
+    to_chat_request,
+    to_choice_delta,
+    to_logprobs,
+    to_usage,
+)
 from gateway.transport.ratelimit import Metadata, ratelimit_metadata
 from gateway.transport.status import to_status
 from llmgw.v1 import chat_pb2 as pb
@@ -52,13 +60,41 @@ def initial_metadata(completion: Completion, routed: Routed) -> Metadata:
     return (*routing, *ratelimit_metadata(completion.grant.decision))
 
 
+def to_choice(choice: AssembledChoice) -> pb.Choice:
+    """One whole choice to proto."""
+    message = pb.ChatMessage(role=pb.ROLE_ASSISTANT, content=choice.content)
+    if choice.reasoning:
+        message.reasoning_content = choice.reasoning
+    for call in choice.tool_calls:
+        message.tool_calls.add(
+            id=call.id, type="function", function={"name": call.name, "arguments": call.arguments}
+        )
+    return pb.Choice(
+        index=choice.index,
+        message=message,
+        finish_reason=FINISH_REASONS[choice.finish_reason],
+        logprobs=to_logprobs(choice.logprobs),
+    )
+
+
+def with_client_request_id(completion: Completion, context: grpc.aio.ServicerContext) -> Completion:
+    """Attach the caller's x-request-id (metadata) for the access log and spans."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return dataclasses.replace(completion, client_request_id=value[:128])
+    return completion
+
+
 def annotate_admitted(span: trace.Span, completion: Completion) -> None:
     """Request attributes (GenAI semantic conventions); never prompt text."""
     span.set_attribute("gen_ai.operation.name", "chat")
     span.set_attribute("gen_ai.request.model", completion.model)
-    span.set_attribute("gen_ai.request.max_tokens", completion.generation.max_tokens)
+    if completion.generation.max_tokens is not None:
+        span.set_attribute("gen_ai.request.max_tokens", completion.generation.max_tokens)
     span.set_attribute("llmgw.request_id", completion.id)
     span.set_attribute("llmgw.tenant", completion.tenant or "anonymous")
+    if completion.client_request_id:
+        span.set_attribute("llmgw.x_request_id", completion.client_request_id)
 
 
 def annotate_routed(span: trace.Span, routed: Routed) -> None:
@@ -88,6 +124,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
             completion = await self._service.admit(
                 to_chat_request(request.params, session_id(context)), current_caller()
             )
+            completion = with_client_request_id(completion, context)
             span = trace.get_current_span()
             annotate_admitted(span, completion)
             result = await self._service.complete(completion)
@@ -99,13 +136,15 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         except Exception:
             log.exception("unexpected error in CreateChatCompletion")
             await context.abort_with_status(_INTERNAL)
+        choices = [to_choice(c) for c in result.choices]
         return pb.CreateChatCompletionResponse(
             id=completion.id,
             model=result.routed.model,
             created=completion.created,
-            message=pb.ChatMessage(role=pb.ROLE_ASSISTANT, content=result.text),
-            finish_reason=FINISH_REASONS[result.finished.reason],
+            message=choices[0].message,
+            finish_reason=choices[0].finish_reason,
             usage=to_usage(result.finished.usage),
+            choices=choices,
         )
 
     async def StreamChatCompletion(
@@ -120,6 +159,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
             completion = await self._service.admit(
                 to_chat_request(request.params, session_id(context)), current_caller()
             )
+            completion = with_client_request_id(completion, context)
             span = trace.get_current_span()
             annotate_admitted(span, completion)
             events = self._service.stream(completion, lambda: _stalled(context))
@@ -127,6 +167,8 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
                 async for event in events:
                     if type(event) is str:
                         yield Response(delta=ContentDelta(content=event))
+                    elif type(event) is ChoiceDelta:
+                        yield Response(choice_delta=to_choice_delta(event))
                     elif type(event) is Routed:
                         # Sent with the first backend event, not on admission.
                         await context.send_initial_metadata(initial_metadata(completion, event))
@@ -138,7 +180,10 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
                         )
                     else:
                         assert isinstance(event, Finished)
-                        end = pb.StreamEnd(finish_reason=FINISH_REASONS[event.reason])
+                        end = pb.StreamEnd(
+                            finish_reason=FINISH_REASONS[event.reason],
+                            choice_finish_reasons=[FINISH_REASONS[r] for r in event.choice_reasons],
+                        )
                         if request.include_usage:
                             end.usage.CopyFrom(to_usage(event.usage))
                         annotate_finished(span, event)

@@ -22,47 +22,65 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from llmgw.v1 import chat_types_pb2 as llmgw_dot_v1_dot_chat__types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13llmgw/v1/chat.proto\x12\x08llmgw.v1\"X\n\x0b\x43hatMessage\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.llmgw.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_name\"\xb4\x03\n\x14\x43hatCompletionParams\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.llmgw.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\"\n\x15max_completion_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x06\x88\x01\x01\x12\x0e\n\x01n\x18\x0b \x01(\x05H\x07\x88\x01\x01\x12\x0c\n\x04user\x18\x0c \x01(\tB\r\n\x0b_max_tokensB\x18\n\x16_max_completion_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x04\n\x02_n\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"M\n\x1b\x43reateChatCompletionRequest\x12.\n\x06params\x18\x01 \x01(\x0b\x32\x1e.llmgw.v1.ChatCompletionParams\"\xc1\x01\n\x1c\x43reateChatCompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12&\n\x07message\x18\x04 \x01(\x0b\x32\x15.llmgw.v1.ChatMessage\x12-\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.llmgw.v1.Usage\"d\n\x1bStreamChatCompletionRequest\x12.\n\x06params\x18\x01 \x01(\x0b\x32\x1e.llmgw.v1.ChatCompletionParams\x12\x15\n\rinclude_usage\x18\x02 \x01(\x08\"9\n\x0bStreamStart\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\"\x1f\n\x0c\x43ontentDelta\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\"Z\n\tStreamEnd\x12-\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.llmgw.v1.Usage\"\x9c\x01\n\x1cStreamChatCompletionResponse\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.llmgw.v1.StreamStartH\x00\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.llmgw.v1.ContentDeltaH\x00\x12\"\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x13.llmgw.v1.StreamEndH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"G\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\"5\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.llmgw.v1.Model*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*\x81\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x32\xdd\x01\n\x0b\x43hatService\x12\x65\n\x14\x43reateChatCompletion\x12%.llmgw.v1.CreateChatCompletionRequest\x1a&.llmgw.v1.CreateChatCompletionResponse\x12g\n\x14StreamChatCompletion\x12%.llmgw.v1.StreamChatCompletionRequest\x1a&.llmgw.v1.StreamChatCompletionResponse0\x01\x32W\n\x0cModelService\x12G\n\nListModels\x12\x1b.llmgw.v1.ListModelsRequest\x1a\x1c.llmgw.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13llmgw/v1/chat.proto\x12\x08llmgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19llmgw/v1/chat_types.proto\"\x88\x02\n\x0b\x43hatMessage\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.llmgw.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12$\n\x05parts\x18\x04 \x03(\x0b\x32\x15.llmgw.v1.ContentPart\x12&\n\ntool_calls\x18\x05 \x03(\x0b\x32\x12.llmgw.v1.ToolCall\x12\x19\n\x0ctool_call_id\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11reasoning_content\x18\x07 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_nameB\x0f\n\r_tool_call_idB\x14\n\x12_reasoning_content\"\xcb\x07\n\x14\x43hatCompletionParams\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.llmgw.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\"\n\x15max_completion_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0btemperature\x18\x05 \x01(\x02\x42\x02\x18\x01H\x02\x88\x01\x01\x12\x16\n\x05top_p\x18\x06 \x01(\x02\x42\x02\x18\x01H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12!\n\x10presence_penalty\x18\t \x01(\x02\x42\x02\x18\x01H\x05\x88\x01\x01\x12\"\n\x11\x66requency_penalty\x18\n \x01(\x02\x42\x02\x18\x01H\x06\x88\x01\x01\x12\x0e\n\x01n\x18\x0b \x01(\x05H\x07\x88\x01\x01\x12\x0c\n\x04user\x18\x0c \x01(\t\x12$\n\x08sampling\x18\r \x01(\x0b\x32\x12.llmgw.v1.Sampling\x12\x1d\n\x05tools\x18\x0e \x03(\x0b\x32\x0e.llmgw.v1.Tool\x12)\n\x0btool_choice\x18\x0f \x01(\x0b\x32\x14.llmgw.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x10 \x01(\x08H\x08\x88\x01\x01\x12\x31\n\x0fresponse_format\x18\x11 \x01(\x0b\x32\x18.llmgw.v1.ResponseFormat\x12\x15\n\x08logprobs\x18\x12 \x01(\x08H\t\x88\x01\x01\x12\x19\n\x0ctop_logprobs\x18\x13 \x01(\x05H\n\x88\x01\x01\x12\x41\n\nlogit_bias\x18\x14 \x03(\x0b\x32-.llmgw.v1.ChatCompletionParams.LogitBiasEntry\x12\x33\n\x10reasoning_effort\x18\x15 \x01(\x0e\x32\x19.llmgw.v1.ReasoningEffort\x12.\n\rengine_extras\x18\x16 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x18\n\x16_max_completion_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x04\n\x02_nB\x16\n\x14_parallel_tool_callsB\x0b\n\t_logprobsB\x0f\n\r_top_logprobs\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"M\n\x1b\x43reateChatCompletionRequest\x12.\n\x06params\x18\x01 \x01(\x0b\x32\x1e.llmgw.v1.ChatCompletionParams\"\xe4\x01\n\x1c\x43reateChatCompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12&\n\x07message\x18\x04 \x01(\x0b\x32\x15.llmgw.v1.ChatMessage\x12-\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.llmgw.v1.Usage\x12!\n\x07\x63hoices\x18\x07 \x03(\x0b\x32\x10.llmgw.v1.Choice\"\x98\x01\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12&\n\x07message\x18\x02 \x01(\x0b\x32\x15.llmgw.v1.ChatMessage\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\x12(\n\x08logprobs\x18\x04 \x03(\x0b\x32\x16.llmgw.v1.TokenLogprob\"d\n\x1bStreamChatCompletionRequest\x12.\n\x06params\x18\x01 \x01(\x0b\x32\x1e.llmgw.v1.ChatCompletionParams\x12\x15\n\rinclude_usage\x18\x02 \x01(\x08\"9\n\x0bStreamStart\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\"\x1f\n\x0c\x43ontentDelta\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\"\x91\x01\n\tStreamEnd\x12-\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.llmgw.v1.Usage\x12\x35\n\x15\x63hoice_finish_reasons\x18\x03 \x03(\x0e\x32\x16.llmgw.v1.FinishReason\"\x9f\x01\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x19\n\x11reasoning_content\x18\x03 \x01(\t\x12+\n\ntool_calls\x18\x04 \x03(\x0b\x32\x17.llmgw.v1.ToolCallDelta\x12(\n\x08logprobs\x18\x05 \x03(\x0b\x32\x16.llmgw.v1.TokenLogprob\"\xcb\x01\n\x1cStreamChatCompletionResponse\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.llmgw.v1.StreamStartH\x00\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.llmgw.v1.ContentDeltaH\x00\x12\"\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x13.llmgw.v1.StreamEndH\x00\x12-\n\x0c\x63hoice_delta\x18\x04 \x01(\x0b\x32\x15.llmgw.v1.ChoiceDeltaH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"G\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\"5\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.llmgw.v1.Model*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\xdd\x01\n\x0b\x43hatService\x12\x65\n\x14\x43reateChatCompletion\x12%.llmgw.v1.CreateChatCompletionRequest\x1a&.llmgw.v1.CreateChatCompletionResponse\x12g\n\x14StreamChatCompletion\x12%.llmgw.v1.StreamChatCompletionRequest\x1a&.llmgw.v1.StreamChatCompletionResponse0\x01\x32W\n\x0cModelService\x12G\n\nListModels\x12\x1b.llmgw.v1.ListModelsRequest\x1a\x1c.llmgw.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgw.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1512
-  _globals['_ROLE']._serialized_end=1627
-  _globals['_FINISHREASON']._serialized_start=1630
-  _globals['_FINISHREASON']._serialized_end=1759
-  _globals['_CHATMESSAGE']._serialized_start=33
-  _globals['_CHATMESSAGE']._serialized_end=121
-  _globals['_CHATCOMPLETIONPARAMS']._serialized_start=124
-  _globals['_CHATCOMPLETIONPARAMS']._serialized_end=560
-  _globals['_USAGE']._serialized_start=562
-  _globals['_USAGE']._serialized_end=641
-  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_start=643
-  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_end=720
-  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_start=723
-  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_end=916
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=918
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=1018
-  _globals['_STREAMSTART']._serialized_start=1020
-  _globals['_STREAMSTART']._serialized_end=1077
-  _globals['_CONTENTDELTA']._serialized_start=1079
-  _globals['_CONTENTDELTA']._serialized_end=1110
-  _globals['_STREAMEND']._serialized_start=1112
-  _globals['_STREAMEND']._serialized_end=1202
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=1205
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=1361
-  _globals['_LISTMODELSREQUEST']._serialized_start=1363
-  _globals['_LISTMODELSREQUEST']._serialized_end=1382
-  _globals['_MODEL']._serialized_start=1384
-  _globals['_MODEL']._serialized_end=1455
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1457
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1510
-  _globals['_CHATSERVICE']._serialized_start=1762
-  _globals['_CHATSERVICE']._serialized_end=1983
-  _globals['_MODELSERVICE']._serialized_start=1985
-  _globals['_MODELSERVICE']._serialized_end=2072
+  _globals['_CHATCOMPLETIONPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_CHATCOMPLETIONPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['temperature']._loaded_options = None
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['temperature']._serialized_options = b'\030\001'
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['top_p']._loaded_options = None
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['top_p']._serialized_options = b'\030\001'
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['presence_penalty']._loaded_options = None
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['presence_penalty']._serialized_options = b'\030\001'
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['frequency_penalty']._loaded_options = None
+  _globals['_CHATCOMPLETIONPARAMS'].fields_by_name['frequency_penalty']._serialized_options = b'\030\001'
+  _globals['_ROLE']._serialized_start=2736
+  _globals['_ROLE']._serialized_end=2851
+  _globals['_FINISHREASON']._serialized_start=2854
+  _globals['_FINISHREASON']._serialized_end=3013
+  _globals['_CHATMESSAGE']._serialized_start=91
+  _globals['_CHATMESSAGE']._serialized_end=355
+  _globals['_CHATCOMPLETIONPARAMS']._serialized_start=358
+  _globals['_CHATCOMPLETIONPARAMS']._serialized_end=1329
+  _globals['_CHATCOMPLETIONPARAMS_LOGITBIASENTRY']._serialized_start=1102
+  _globals['_CHATCOMPLETIONPARAMS_LOGITBIASENTRY']._serialized_end=1150
+  _globals['_USAGE']._serialized_start=1331
+  _globals['_USAGE']._serialized_end=1410
+  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_start=1412
+  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_end=1489
+  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_start=1492
+  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_end=1720
+  _globals['_CHOICE']._serialized_start=1723
+  _globals['_CHOICE']._serialized_end=1875
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=1877
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=1977
+  _globals['_STREAMSTART']._serialized_start=1979
+  _globals['_STREAMSTART']._serialized_end=2036
+  _globals['_CONTENTDELTA']._serialized_start=2038
+  _globals['_CONTENTDELTA']._serialized_end=2069
+  _globals['_STREAMEND']._serialized_start=2072
+  _globals['_STREAMEND']._serialized_end=2217
+  _globals['_CHOICEDELTA']._serialized_start=2220
+  _globals['_CHOICEDELTA']._serialized_end=2379
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=2382
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=2585
+  _globals['_LISTMODELSREQUEST']._serialized_start=2587
+  _globals['_LISTMODELSREQUEST']._serialized_end=2606
+  _globals['_MODEL']._serialized_start=2608
+  _globals['_MODEL']._serialized_end=2679
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2681
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2734
+  _globals['_CHATSERVICE']._serialized_start=3016
+  _globals['_CHATSERVICE']._serialized_end=3237
+  _globals['_MODELSERVICE']._serialized_start=3239
+  _globals['_MODELSERVICE']._serialized_end=3326
 # @@protoc_insertion_point(module_scope)

@@ -11,8 +11,10 @@ QuotaFailure and RetryInfo when a limit is hit).
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from llmgw.v1 import chat_types_pb2 as _chat_types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +23,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -61,6 +68,8 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """The token limit (max_tokens) was reached."""
     FINISH_REASON_CONTENT_FILTER: _FinishReason.ValueType  # 3
     """Content was withheld by a filter."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 4
+    """The model called one or more tools."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why generation stopped."""
@@ -72,6 +81,8 @@ FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 """The token limit (max_tokens) was reached."""
 FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 3
 """Content was withheld by a filter."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
+"""The model called one or more tools."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
@@ -83,24 +94,54 @@ class ChatMessage(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    REASONING_CONTENT_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     content: _builtins.str
+    """The text. In requests, ignored when `parts` is set."""
     name: _builtins.str
     """Optional name of the participant."""
+    tool_call_id: _builtins.str
+    """For ROLE_TOOL messages: the id of the call this message answers."""
+    reasoning_content: _builtins.str
+    """The model's reasoning, where the engine separates it (vLLM's reasoning_content)."""
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.ContentPart]:
+        """Content parts (text, image_url, input_audio), OpenAI's array form of content."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.ToolCall]:
+        """Tool calls made by an assistant message."""
+
     def __init__(
         self,
         *,
         role: Global___Role.ValueType = ...,
         content: _builtins.str = ...,
         name: _builtins.str | None = ...,
+        parts: _abc.Iterable[_chat_types_pb2.ContentPart] | None = ...,
+        tool_calls: _abc.Iterable[_chat_types_pb2.ToolCall] | None = ...,
+        tool_call_id: _builtins.str | None = ...,
+        reasoning_content: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "name", b"name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_reasoning_content", b"_reasoning_content", "_tool_call_id", b"_tool_call_id", "name", b"name", "reasoning_content", b"reasoning_content", "tool_call_id", b"tool_call_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "content", b"content", "name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_reasoning_content", b"_reasoning_content", "_tool_call_id", b"_tool_call_id", "content", b"content", "name", b"name", "parts", b"parts", "reasoning_content", b"reasoning_content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__reasoning_content: _TypeAlias = _typing.Literal["reasoning_content"]  # noqa: Y015
+    _WhichOneofArgType__reasoning_content: _TypeAlias = _typing.Literal["_reasoning_content", b"_reasoning_content"]  # noqa: Y015
+    _WhichOneofReturnType__tool_call_id: _TypeAlias = _typing.Literal["tool_call_id"]  # noqa: Y015
+    _WhichOneofArgType__tool_call_id: _TypeAlias = _typing.Literal["_tool_call_id", b"_tool_call_id"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reasoning_content) -> _WhichOneofReturnType__reasoning_content | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tool_call_id) -> _WhichOneofReturnType__tool_call_id | None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
 
@@ -109,6 +150,26 @@ class ChatCompletionParams(_message.Message):
     """What to generate and how. Shared by the unary and the streaming call."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LogitBiasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     MODEL_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
@@ -122,26 +183,76 @@ class ChatCompletionParams(_message.Message):
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
     N_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    LOGIT_BIAS_FIELD_NUMBER: _builtins.int
+    REASONING_EFFORT_FIELD_NUMBER: _builtins.int
+    ENGINE_EXTRAS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name or alias, as listed by ListModels."""
     max_tokens: _builtins.int
     """Upper bound on generated tokens (OpenAI's legacy name)."""
     max_completion_tokens: _builtins.int
     """Upper bound on generated tokens; wins over max_tokens when both are set."""
-    temperature: _builtins.float
-    """Sampling temperature in [0, 2]; 0 is greedy and a real value."""
-    top_p: _builtins.float
-    """Nucleus sampling mass in (0, 1]."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def temperature(self) -> _builtins.float:
+        """Deprecated: 32-bit; use sampling.temperature (wins when both are set)."""
+
+    @temperature.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def temperature(self, value: _builtins.float) -> None:
+        """Deprecated: 32-bit; use sampling.temperature (wins when both are set)."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def top_p(self) -> _builtins.float:
+        """Deprecated: use sampling.top_p."""
+
+    @top_p.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def top_p(self, value: _builtins.float) -> None:
+        """Deprecated: use sampling.top_p."""
+
     seed: _builtins.int
     """Seed for reproducible sampling."""
-    presence_penalty: _builtins.float
-    """In [-2, 2]."""
-    frequency_penalty: _builtins.float
-    """In [-2, 2]."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def presence_penalty(self) -> _builtins.float:
+        """Deprecated: use sampling.presence_penalty."""
+
+    @presence_penalty.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def presence_penalty(self, value: _builtins.float) -> None:
+        """Deprecated: use sampling.presence_penalty."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def frequency_penalty(self) -> _builtins.float:
+        """Deprecated: use sampling.frequency_penalty."""
+
+    @frequency_penalty.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def frequency_penalty(self, value: _builtins.float) -> None:
+        """Deprecated: use sampling.frequency_penalty."""
+
     n: _builtins.int
-    """Number of choices; only 1 is accepted."""
+    """Number of choices to generate, 1 to 128."""
     user: _builtins.str
     """End-user identifier for abuse monitoring; never logged verbatim."""
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may call several tools in one turn (default true)."""
+    logprobs: _builtins.bool
+    """Return the log probability of each generated token."""
+    top_logprobs: _builtins.int
+    """With logprobs: how many most likely alternatives per token, 0 to 20."""
+    reasoning_effort: _chat_types_pb2.ReasoningEffort.ValueType
+    """For reasoning models."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """The conversation so far; at least one message."""
@@ -149,6 +260,34 @@ class ChatCompletionParams(_message.Message):
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to four stop sequences."""
+
+    @_builtins.property
+    def sampling(self) -> _chat_types_pb2.Sampling:
+        """Sampling values in double precision; each wins over its deprecated float field."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.Tool]:
+        """Tools the model may call."""
+
+    @_builtins.property
+    def tool_choice(self) -> _chat_types_pb2.ToolChoice:
+        """How the model may use the tools; unset: auto when tools are given, else none."""
+
+    @_builtins.property
+    def response_format(self) -> _chat_types_pb2.ResponseFormat:
+        """Text (the default), any JSON object, or JSON matching a schema."""
+
+    @_builtins.property
+    def logit_bias(self) -> _containers.ScalarMap[_builtins.int, _builtins.float]:
+        """Token id -> bias in [-100, 100] added to its logit."""
+
+    @_builtins.property
+    def engine_extras(self) -> _struct_pb2.Struct:
+        """Engine-specific request fields, forwarded to the engine unchanged (what the
+        OpenAI SDK sends as extra_body: top_k, min_p, repetition_penalty,
+        chat_template_kwargs, structured_outputs, ...). At most 16 KiB as JSON;
+        fields this API already has may not be set here.
+        """
 
     def __init__(
         self,
@@ -165,29 +304,47 @@ class ChatCompletionParams(_message.Message):
         frequency_penalty: _builtins.float | None = ...,
         n: _builtins.int | None = ...,
         user: _builtins.str = ...,
+        sampling: _chat_types_pb2.Sampling | None = ...,
+        tools: _abc.Iterable[_chat_types_pb2.Tool] | None = ...,
+        tool_choice: _chat_types_pb2.ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format: _chat_types_pb2.ResponseFormat | None = ...,
+        logprobs: _builtins.bool | None = ...,
+        top_logprobs: _builtins.int | None = ...,
+        logit_bias: _abc.Mapping[_builtins.int, _builtins.float] | None = ...,
+        reasoning_effort: _chat_types_pb2.ReasoningEffort.ValueType = ...,
+        engine_extras: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "n", b"n", "presence_penalty", b"presence_penalty", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "engine_extras", b"engine_extras", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "sampling", b"sampling", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "n", b"n", "presence_penalty", b"presence_penalty", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "engine_extras", b"engine_extras", "frequency_penalty", b"frequency_penalty", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "sampling", b"sampling", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__max_completion_tokens: _TypeAlias = _typing.Literal["max_completion_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_completion_tokens: _TypeAlias = _typing.Literal["_max_completion_tokens", b"_max_completion_tokens"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
     _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
     _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
     _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_completion_tokens) -> _WhichOneofReturnType__max_completion_tokens | None: ...
     @_typing.overload
@@ -195,11 +352,15 @@ class ChatCompletionParams(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
@@ -266,6 +427,7 @@ class CreateChatCompletionResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Completion id, "chatcmpl-..." like OpenAI's."""
     model: _builtins.str
@@ -273,12 +435,17 @@ class CreateChatCompletionResponse(_message.Message):
     created: _builtins.int
     """Unix seconds when the request was accepted."""
     finish_reason: Global___FinishReason.ValueType
+    """The first choice's finish reason."""
     @_builtins.property
     def message(self) -> Global___ChatMessage:
-        """The generated assistant message."""
+        """The first choice's message (choices[0].message)."""
 
     @_builtins.property
     def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Choice]:
+        """Every choice, in index order (n of them)."""
+
     def __init__(
         self,
         *,
@@ -288,14 +455,49 @@ class CreateChatCompletionResponse(_message.Message):
         message: Global___ChatMessage | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
+        choices: _abc.Iterable[Global___Choice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "finish_reason", b"finish_reason", "id", b"id", "message", b"message", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "created", b"created", "finish_reason", b"finish_reason", "id", b"id", "message", b"message", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateChatCompletionResponse: _TypeAlias = CreateChatCompletionResponse  # noqa: Y015
+
+@_typing.final
+class Choice(_message.Message):
+    """One generated answer of a whole completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    finish_reason: Global___FinishReason.ValueType
+    @_builtins.property
+    def message(self) -> Global___ChatMessage: ...
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.TokenLogprob]:
+        """Per-token log probabilities, when the request asked for them."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        message: Global___ChatMessage | None = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+        logprobs: _abc.Iterable[_chat_types_pb2.TokenLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Choice: _TypeAlias = Choice  # noqa: Y015
 
 @_typing.final
 class StreamChatCompletionRequest(_message.Message):
@@ -379,24 +581,71 @@ class StreamEnd(_message.Message):
 
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    CHOICE_FINISH_REASONS_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
+    """The first choice's finish reason."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Present when the request asked for usage."""
+
+    @_builtins.property
+    def choice_finish_reasons(self) -> _containers.RepeatedScalarFieldContainer[Global___FinishReason.ValueType]:
+        """Every choice's finish reason, by index, when n > 1."""
 
     def __init__(
         self,
         *,
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
+        choice_finish_reasons: _abc.Iterable[Global___FinishReason.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice_finish_reasons", b"choice_finish_reasons", "finish_reason", b"finish_reason", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEnd: _TypeAlias = StreamEnd  # noqa: Y015
+
+@_typing.final
+class ChoiceDelta(_message.Message):
+    """Anything a ContentDelta cannot say: text of another choice (n > 1),
+    reasoning text, tool-call fragments, log probabilities. Plain text of the
+    first choice always travels as ContentDelta.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    REASONING_CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    content: _builtins.str
+    reasoning_content: _builtins.str
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.ToolCallDelta]: ...
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.TokenLogprob]:
+        """Log probabilities of the tokens of `content`."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        content: _builtins.str = ...,
+        reasoning_content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[_chat_types_pb2.ToolCallDelta] | None = ...,
+        logprobs: _abc.Iterable[_chat_types_pb2.TokenLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "index", b"index", "logprobs", b"logprobs", "reasoning_content", b"reasoning_content", "tool_calls", b"tool_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChoiceDelta: _TypeAlias = ChoiceDelta  # noqa: Y015
 
 @_typing.final
 class StreamChatCompletionResponse(_message.Message):
@@ -407,24 +656,30 @@ class StreamChatCompletionResponse(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
+    CHOICE_DELTA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start(self) -> Global___StreamStart: ...
     @_builtins.property
-    def delta(self) -> Global___ContentDelta: ...
+    def delta(self) -> Global___ContentDelta:
+        """Text of the first choice (the common case)."""
+
     @_builtins.property
     def end(self) -> Global___StreamEnd: ...
+    @_builtins.property
+    def choice_delta(self) -> Global___ChoiceDelta: ...
     def __init__(
         self,
         *,
         start: Global___StreamStart | None = ...,
         delta: Global___ContentDelta | None = ...,
         end: Global___StreamEnd | None = ...,
+        choice_delta: Global___ChoiceDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "end", b"end", "event", b"event", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice_delta", b"choice_delta", "delta", b"delta", "end", b"end", "event", b"event", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "end", b"end", "event", b"event", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice_delta", b"choice_delta", "delta", b"delta", "end", b"end", "event", b"event", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["start", "delta", "end"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["start", "delta", "end", "choice_delta"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -107,7 +107,7 @@ async def test_default_max_tokens_comes_from_the_model_config(deployment: Deploy
             pb.ChatCompletionParams(model="small", messages=[pb.ChatMessage(content="x")]),
             "messages[0].role",
         ),
-        (params(n=2), "n"),
+        (params(n=129), "n"),
         (params(max_tokens=-5), "max_tokens"),
         (params(max_tokens=0), "max_tokens"),
         (params(max_tokens=10**9), "max_tokens"),
@@ -142,7 +142,7 @@ async def test_invalid_requests_are_invalid_argument_with_field_violations(
 async def test_every_violation_is_reported_at_once(deployment: Deployment) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await deployment.chat.CreateChatCompletion(
-            pb.CreateChatCompletionRequest(params=params(n=3, temperature=-1, top_p=2))
+            pb.CreateChatCompletionRequest(params=params(n=300, temperature=-1, top_p=2))
         )
     fields = {v.field for v in details(caught.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
     assert fields == {"n", "temperature", "top_p"}

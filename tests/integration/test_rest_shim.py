@@ -70,7 +70,7 @@ async def test_sse_bytes_are_openai_framed(http: httpx.AsyncClient) -> None:
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        assert response.headers["x-request-id"].startswith("chatcmpl-")
+        assert response.headers["x-request-id"].startswith("req_")
         raw = b"".join([part async for part in response.aiter_bytes()])
     events = raw.split(b"\n\n")
     assert events[-1] == b"" and events[-2] == b"data: [DONE]"
@@ -97,15 +97,18 @@ async def test_sdk_lists_models(client: openai.AsyncOpenAI) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 200}, "n"),
         ({"max_tokens": -1}, "max_tokens"),
         ({"max_tokens": 10**12}, "max_tokens"),
         ({"max_completion_tokens": 100_000}, "max_completion_tokens"),
         ({"temperature": 9}, "temperature"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-        ({"extra_body": {"frobnicate": True}}, "frobnicate"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"extra_body": {"request_id": "mine"}}, "request_id"),
+        ({"extra_body": {"blob": "x" * 20000}}, "engine_extras"),
+        ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"top_logprobs": 30, "logprobs": True}, "top_logprobs"),
         ({"max_tokens": "ten"}, "max_tokens"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ],

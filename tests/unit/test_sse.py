@@ -17,7 +17,6 @@ def test_content_chunk_is_exact_openai_json() -> None:
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": "m",
-        "system_fingerprint": None,
         "choices": [
             {
                 "index": 0,

@@ -4,7 +4,17 @@ import math
 
 import pytest
 
-from gateway.domain.chat import ChatRequest, Message, Role
+from gateway.domain.chat import (
+    ChatRequest,
+    Features,
+    FunctionTool,
+    Message,
+    ResponseFormat,
+    ResponseFormatType,
+    Role,
+    ToolChoice,
+    ToolChoiceMode,
+)
 from gateway.domain.validation import check_request_shape, resolve_max_tokens
 from gateway.errors import InvalidRequest
 from gateway.routing.limits import OutputLimits
@@ -38,8 +48,9 @@ def test_zero_is_a_real_temperature() -> None:
         ({"model": ""}, "model"),
         ({"messages": ()}, "messages"),
         ({"messages": (Message(None, "x"),)}, "messages[0].role"),
-        ({"n": 2}, "n"),
+        ({"n": 129}, "n"),
         ({"n": 0}, "n"),
+        ({"messages": (Message(Role.TOOL, "42"),)}, "messages[0].tool_call_id"),
         ({"temperature": 2.01}, "temperature"),
         ({"temperature": math.nan}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
@@ -55,7 +66,68 @@ def test_each_rule_names_its_field(change: dict[str, object], field: str) -> Non
 
 
 def test_all_violations_are_collected() -> None:
-    assert fields_of(with_(n=5, temperature=-1, stop=("x",) * 9)) == ["n", "temperature", "stop"]
+    assert fields_of(with_(n=500, temperature=-1, stop=("x",) * 9)) == [
+        "n",
+        "temperature",
+        "stop",
+    ]
+
+
+def test_n_up_to_128_is_accepted() -> None:
+    check_request_shape(with_(n=2))
+    check_request_shape(with_(n=128))
+
+
+TOOL = FunctionTool("get_weather", parameters={"type": "object"})
+
+
+@pytest.mark.parametrize(
+    ("features", "field"),
+    [
+        (Features(tools=(FunctionTool("bad name"),)), "tools[0].function.name"),
+        (Features(tool_choice=ToolChoice(ToolChoiceMode.REQUIRED)), "tool_choice"),
+        (
+            Features(tools=(TOOL,), tool_choice=ToolChoice(ToolChoiceMode.REQUIRED, "other")),
+            "tool_choice",
+        ),
+        (
+            Features(response_format=ResponseFormat(ResponseFormatType.JSON_SCHEMA, name="s")),
+            "response_format.json_schema.schema",
+        ),
+        (Features(top_logprobs=21, logprobs=True), "top_logprobs"),
+        (Features(top_logprobs=2), "top_logprobs"),
+        (Features(logit_bias={5: 101.0}), "logit_bias"),
+        (Features(engine_extras={"temperature": 3}), "temperature"),
+        (Features(engine_extras={"blob": "x" * 20000}), "engine_extras"),
+    ],
+)
+def test_feature_rules_name_their_field(features: Features, field: str) -> None:
+    assert fields_of(with_(features=features)) == [field]
+
+
+def test_valid_features_pass() -> None:
+    check_request_shape(
+        with_(
+            features=Features(
+                n=3,
+                tools=(TOOL,),
+                tool_choice=ToolChoice(ToolChoiceMode.REQUIRED, "get_weather"),
+                response_format=ResponseFormat(
+                    ResponseFormatType.JSON_SCHEMA, name="s", schema={"type": "object"}
+                ),
+                logprobs=True,
+                top_logprobs=20,
+                logit_bias={50256: -100.0},
+                engine_extras={"top_k": 5, "chat_template_kwargs": {"x": 1}},
+            )
+        )
+    )
+    # tool_choice "none" without tools is what some clients send by default.
+    check_request_shape(with_(features=Features(tool_choice=ToolChoice(ToolChoiceMode.NONE))))
+
+
+def test_no_max_tokens_means_the_model_limit_unless_the_operator_set_a_default() -> None:
+    assert resolve_max_tokens(OK, OutputLimits(None, 1000)) is None
 
 
 def test_max_tokens_defaults_caps_and_precedence() -> None:

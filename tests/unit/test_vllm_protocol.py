@@ -106,7 +106,7 @@ def test_tokens_held_back_by_the_detokenizer_are_counted_with_their_text() -> No
     [
         ("stop", FinishReason.STOP),
         ("length", FinishReason.LENGTH),
-        ("tool_calls", FinishReason.STOP),
+        ("tool_calls", FinishReason.TOOL_CALLS),
     ],
 )
 def test_finish_reasons(reason: str, expected: FinishReason) -> None:

@@ -22,35 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from llmgw.backend.v1 import generate_types_pb2 as llmgw_dot_backend_dot_v1_dot_generate__types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ellmgw/backend/v1/backend.proto\x12\x10llmgw.backend.v1\"\\\n\x07Message\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.llmgw.backend.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_name\"\x80\x02\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x04\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"\x95\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.llmgw.backend.v1.Message\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .llmgw.backend.v1.SamplingParams\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"{\n\x10GenerateFinished\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.llmgw.backend.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\"\x82\x01\n\x10GenerateResponse\x12-\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1c.llmgw.backend.v1.TokenDeltaH\x00\x12\x36\n\x08\x66inished\x18\x02 \x01(\x0b\x32\".llmgw.backend.v1.GenerateFinishedH\x00\x42\x07\n\x05\x65vent\"\x10\n\x0eGetLoadRequest\"u\n\x0fGetLoadResponse\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x1b\n\x0ekv_cache_usage\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_kv_cache_usage*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*\x81\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x32\xb5\x01\n\x0e\x42\x61\x63kendService\x12S\n\x08Generate\x12!.llmgw.backend.v1.GenerateRequest\x1a\".llmgw.backend.v1.GenerateResponse0\x01\x12N\n\x07GetLoad\x12 .llmgw.backend.v1.GetLoadRequest\x1a!.llmgw.backend.v1.GetLoadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ellmgw/backend/v1/backend.proto\x12\x10llmgw.backend.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a%llmgw/backend/v1/generate_types.proto\"\xe6\x01\n\x07Message\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.llmgw.backend.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12,\n\x05parts\x18\x04 \x03(\x0b\x32\x1d.llmgw.backend.v1.ContentPart\x12.\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1a.llmgw.backend.v1.ToolCall\x12\x19\n\x0ctool_call_id\x18\x06 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0f\n\r_tool_call_id\"\xcc\x05\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x1c\n\x0btemperature\x18\x02 \x01(\x02\x42\x02\x18\x01H\x00\x88\x01\x01\x12\x16\n\x05top_p\x18\x03 \x01(\x02\x42\x02\x18\x01H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12!\n\x10presence_penalty\x18\x06 \x01(\x02\x42\x02\x18\x01H\x03\x88\x01\x01\x12\"\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x42\x02\x18\x01H\x04\x88\x01\x01\x12\x1f\n\x12temperature_double\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x19\n\x0ctop_p_double\x18\t \x01(\x01H\x06\x88\x01\x01\x12$\n\x17presence_penalty_double\x18\n \x01(\x01H\x07\x88\x01\x01\x12%\n\x18\x66requency_penalty_double\x18\x0b \x01(\x01H\x08\x88\x01\x01\x12\t\n\x01n\x18\x0c \x01(\x05\x12\x15\n\x08logprobs\x18\r \x01(\x08H\t\x88\x01\x01\x12\x19\n\x0ctop_logprobs\x18\x0e \x01(\x05H\n\x88\x01\x01\x12\x43\n\nlogit_bias\x18\x0f \x03(\x0b\x32/.llmgw.backend.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_temperature_doubleB\x0f\n\r_top_p_doubleB\x1a\n\x18_presence_penalty_doubleB\x1b\n\x19_frequency_penalty_doubleB\x0b\n\t_logprobsB\x0f\n\r_top_logprobs\"\xd1\x03\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.llmgw.backend.v1.Message\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .llmgw.backend.v1.SamplingParams\x12%\n\x05tools\x18\x05 \x03(\x0b\x32\x16.llmgw.backend.v1.Tool\x12\x31\n\x0btool_choice\x18\x06 \x01(\x0b\x32\x1c.llmgw.backend.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x39\n\x0fresponse_format\x18\x08 \x01(\x0b\x32 .llmgw.backend.v1.ResponseFormat\x12;\n\x10reasoning_effort\x18\t \x01(\x0e\x32!.llmgw.backend.v1.ReasoningEffort\x12.\n\rengine_extras\x18\n \x01(\x0b\x32\x17.google.protobuf.StructB\x16\n\x14_parallel_tool_calls\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"\xb9\x01\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\treasoning\x18\x03 \x01(\t\x12\x33\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1f.llmgw.backend.v1.ToolCallDelta\x12\x30\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1e.llmgw.backend.v1.TokenLogprob\x12\x13\n\x0btoken_count\x18\x06 \x01(\x05\"\xba\x01\n\x10GenerateFinished\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.llmgw.backend.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12=\n\x15\x63hoice_finish_reasons\x18\x04 \x03(\x0e\x32\x1e.llmgw.backend.v1.FinishReason\"\xb3\x01\n\x10GenerateResponse\x12-\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1c.llmgw.backend.v1.TokenDeltaH\x00\x12\x36\n\x08\x66inished\x18\x02 \x01(\x0b\x32\".llmgw.backend.v1.GenerateFinishedH\x00\x12/\n\x06\x63hoice\x18\x03 \x01(\x0b\x32\x1d.llmgw.backend.v1.ChoiceDeltaH\x00\x42\x07\n\x05\x65vent\"\x10\n\x0eGetLoadRequest\"u\n\x0fGetLoadResponse\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x1b\n\x0ekv_cache_usage\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_kv_cache_usage*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\xb5\x01\n\x0e\x42\x61\x63kendService\x12S\n\x08Generate\x12!.llmgw.backend.v1.GenerateRequest\x1a\".llmgw.backend.v1.GenerateResponse0\x01\x12N\n\x07GetLoad\x12 .llmgw.backend.v1.GetLoadRequest\x1a!.llmgw.backend.v1.GetLoadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgw.backend.v1.backend_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1001
-  _globals['_ROLE']._serialized_end=1116
-  _globals['_FINISHREASON']._serialized_start=1119
-  _globals['_FINISHREASON']._serialized_end=1248
-  _globals['_MESSAGE']._serialized_start=52
-  _globals['_MESSAGE']._serialized_end=144
-  _globals['_SAMPLINGPARAMS']._serialized_start=147
-  _globals['_SAMPLINGPARAMS']._serialized_end=403
-  _globals['_GENERATEREQUEST']._serialized_start=406
-  _globals['_GENERATEREQUEST']._serialized_end=555
-  _globals['_TOKENDELTA']._serialized_start=557
-  _globals['_TOKENDELTA']._serialized_end=604
-  _globals['_GENERATEFINISHED']._serialized_start=606
-  _globals['_GENERATEFINISHED']._serialized_end=729
-  _globals['_GENERATERESPONSE']._serialized_start=732
-  _globals['_GENERATERESPONSE']._serialized_end=862
-  _globals['_GETLOADREQUEST']._serialized_start=864
-  _globals['_GETLOADREQUEST']._serialized_end=880
-  _globals['_GETLOADRESPONSE']._serialized_start=882
-  _globals['_GETLOADRESPONSE']._serialized_end=999
-  _globals['_BACKENDSERVICE']._serialized_start=1251
-  _globals['_BACKENDSERVICE']._serialized_end=1432
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_SAMPLINGPARAMS'].fields_by_name['temperature']._loaded_options = None
+  _globals['_SAMPLINGPARAMS'].fields_by_name['temperature']._serialized_options = b'\030\001'
+  _globals['_SAMPLINGPARAMS'].fields_by_name['top_p']._loaded_options = None
+  _globals['_SAMPLINGPARAMS'].fields_by_name['top_p']._serialized_options = b'\030\001'
+  _globals['_SAMPLINGPARAMS'].fields_by_name['presence_penalty']._loaded_options = None
+  _globals['_SAMPLINGPARAMS'].fields_by_name['presence_penalty']._serialized_options = b'\030\001'
+  _globals['_SAMPLINGPARAMS'].fields_by_name['frequency_penalty']._loaded_options = None
+  _globals['_SAMPLINGPARAMS'].fields_by_name['frequency_penalty']._serialized_options = b'\030\001'
+  _globals['_ROLE']._serialized_start=2286
+  _globals['_ROLE']._serialized_end=2401
+  _globals['_FINISHREASON']._serialized_start=2404
+  _globals['_FINISHREASON']._serialized_end=2563
+  _globals['_MESSAGE']._serialized_start=122
+  _globals['_MESSAGE']._serialized_end=352
+  _globals['_SAMPLINGPARAMS']._serialized_start=355
+  _globals['_SAMPLINGPARAMS']._serialized_end=1071
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=818
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=866
+  _globals['_GENERATEREQUEST']._serialized_start=1074
+  _globals['_GENERATEREQUEST']._serialized_end=1539
+  _globals['_TOKENDELTA']._serialized_start=1541
+  _globals['_TOKENDELTA']._serialized_end=1588
+  _globals['_CHOICEDELTA']._serialized_start=1591
+  _globals['_CHOICEDELTA']._serialized_end=1776
+  _globals['_GENERATEFINISHED']._serialized_start=1779
+  _globals['_GENERATEFINISHED']._serialized_end=1965
+  _globals['_GENERATERESPONSE']._serialized_start=1968
+  _globals['_GENERATERESPONSE']._serialized_end=2147
+  _globals['_GETLOADREQUEST']._serialized_start=2149
+  _globals['_GETLOADREQUEST']._serialized_end=2165
+  _globals['_GETLOADRESPONSE']._serialized_start=2167
+  _globals['_GETLOADRESPONSE']._serialized_end=2284
+  _globals['_BACKENDSERVICE']._serialized_start=2566
+  _globals['_BACKENDSERVICE']._serialized_end=2747
 # @@protoc_insertion_point(module_scope)

@@ -10,8 +10,10 @@ with a gRPC status carrying google.rpc details, never an in-band message.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from llmgw.backend.v1 import generate_types_pb2 as _generate_types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +22,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -57,6 +64,7 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     FINISH_REASON_STOP: _FinishReason.ValueType  # 1
     FINISH_REASON_LENGTH: _FinishReason.ValueType  # 2
     FINISH_REASON_CONTENT_FILTER: _FinishReason.ValueType  # 3
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 4
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why the engine stopped generating."""
@@ -65,6 +73,7 @@ FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
 FINISH_REASON_STOP: FinishReason.ValueType  # 1
 FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 3
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
@@ -76,23 +85,45 @@ class Message(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     content: _builtins.str
+    """The text; ignored when `parts` is set."""
     name: _builtins.str
+    tool_call_id: _builtins.str
+    """For ROLE_TOOL messages: the call this answers."""
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[_generate_types_pb2.ContentPart]:
+        """Content parts (text, image_url, input_audio)."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_generate_types_pb2.ToolCall]:
+        """Tool calls made by an assistant message."""
+
     def __init__(
         self,
         *,
         role: Global___Role.ValueType = ...,
         content: _builtins.str = ...,
         name: _builtins.str | None = ...,
+        parts: _abc.Iterable[_generate_types_pb2.ContentPart] | None = ...,
+        tool_calls: _abc.Iterable[_generate_types_pb2.ToolCall] | None = ...,
+        tool_call_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "name", b"name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_tool_call_id", b"_tool_call_id", "name", b"name", "tool_call_id", b"tool_call_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "content", b"content", "name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_tool_call_id", b"_tool_call_id", "content", b"content", "name", b"name", "parts", b"parts", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__tool_call_id: _TypeAlias = _typing.Literal["tool_call_id"]  # noqa: Y015
+    _WhichOneofArgType__tool_call_id: _TypeAlias = _typing.Literal["_tool_call_id", b"_tool_call_id"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tool_call_id) -> _WhichOneofReturnType__tool_call_id | None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
 
@@ -102,6 +133,26 @@ class SamplingParams(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LogitBiasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
@@ -109,15 +160,59 @@ class SamplingParams(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_DOUBLE_FIELD_NUMBER: _builtins.int
+    TOP_P_DOUBLE_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_DOUBLE_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_DOUBLE_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    LOGIT_BIAS_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
-    """Always set by the gateway (the client's or the model's default)."""
-    temperature: _builtins.float
-    top_p: _builtins.float
+    """The completion limit; 0: the engine's own limit (the context minus the
+    prompt, as vLLM does when a client sets none).
+    """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def temperature(self) -> _builtins.float:
+        """Deprecated 32-bit values; the gateway sends the *_double fields."""
+
+    @temperature.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def temperature(self, value: _builtins.float) -> None:
+        """Deprecated 32-bit values; the gateway sends the *_double fields."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def top_p(self) -> _builtins.float: ...
+    @top_p.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def top_p(self, value: _builtins.float) -> None: ...
     seed: _builtins.int
-    presence_penalty: _builtins.float
-    frequency_penalty: _builtins.float
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def presence_penalty(self) -> _builtins.float: ...
+    @presence_penalty.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def presence_penalty(self, value: _builtins.float) -> None: ...
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def frequency_penalty(self) -> _builtins.float: ...
+    @frequency_penalty.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def frequency_penalty(self, value: _builtins.float) -> None: ...
+    temperature_double: _builtins.float
+    top_p_double: _builtins.float
+    presence_penalty_double: _builtins.float
+    frequency_penalty_double: _builtins.float
+    n: _builtins.int
+    """Choices to generate (0 means 1)."""
+    logprobs: _builtins.bool
+    top_logprobs: _builtins.int
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def logit_bias(self) -> _containers.ScalarMap[_builtins.int, _builtins.float]: ...
     def __init__(
         self,
         *,
@@ -128,31 +223,63 @@ class SamplingParams(_message.Message):
         seed: _builtins.int | None = ...,
         presence_penalty: _builtins.float | None = ...,
         frequency_penalty: _builtins.float | None = ...,
+        temperature_double: _builtins.float | None = ...,
+        top_p_double: _builtins.float | None = ...,
+        presence_penalty_double: _builtins.float | None = ...,
+        frequency_penalty_double: _builtins.float | None = ...,
+        n: _builtins.int = ...,
+        logprobs: _builtins.bool | None = ...,
+        top_logprobs: _builtins.int | None = ...,
+        logit_bias: _abc.Mapping[_builtins.int, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "presence_penalty", b"presence_penalty", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_frequency_penalty_double", b"_frequency_penalty_double", "_logprobs", b"_logprobs", "_presence_penalty", b"_presence_penalty", "_presence_penalty_double", b"_presence_penalty_double", "_seed", b"_seed", "_temperature", b"_temperature", "_temperature_double", b"_temperature_double", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_top_p_double", b"_top_p_double", "frequency_penalty", b"frequency_penalty", "frequency_penalty_double", b"frequency_penalty_double", "logprobs", b"logprobs", "presence_penalty", b"presence_penalty", "presence_penalty_double", b"presence_penalty_double", "seed", b"seed", "temperature", b"temperature", "temperature_double", b"temperature_double", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "top_p_double", b"top_p_double"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_frequency_penalty_double", b"_frequency_penalty_double", "_logprobs", b"_logprobs", "_presence_penalty", b"_presence_penalty", "_presence_penalty_double", b"_presence_penalty_double", "_seed", b"_seed", "_temperature", b"_temperature", "_temperature_double", b"_temperature_double", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_top_p_double", b"_top_p_double", "frequency_penalty", b"frequency_penalty", "frequency_penalty_double", b"frequency_penalty_double", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "n", b"n", "presence_penalty", b"presence_penalty", "presence_penalty_double", b"presence_penalty_double", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "temperature_double", b"temperature_double", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "top_p_double", b"top_p_double"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__frequency_penalty_double: _TypeAlias = _typing.Literal["frequency_penalty_double"]  # noqa: Y015
+    _WhichOneofArgType__frequency_penalty_double: _TypeAlias = _typing.Literal["_frequency_penalty_double", b"_frequency_penalty_double"]  # noqa: Y015
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
     _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__presence_penalty_double: _TypeAlias = _typing.Literal["presence_penalty_double"]  # noqa: Y015
+    _WhichOneofArgType__presence_penalty_double: _TypeAlias = _typing.Literal["_presence_penalty_double", b"_presence_penalty_double"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__temperature_double: _TypeAlias = _typing.Literal["temperature_double"]  # noqa: Y015
+    _WhichOneofArgType__temperature_double: _TypeAlias = _typing.Literal["_temperature_double", b"_temperature_double"]  # noqa: Y015
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    _WhichOneofReturnType__top_p_double: _TypeAlias = _typing.Literal["top_p_double"]  # noqa: Y015
+    _WhichOneofArgType__top_p_double: _TypeAlias = _typing.Literal["_top_p_double", b"_top_p_double"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty_double) -> _WhichOneofReturnType__frequency_penalty_double | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty_double) -> _WhichOneofReturnType__presence_penalty_double | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature_double) -> _WhichOneofReturnType__temperature_double | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p_double) -> _WhichOneofReturnType__top_p_double | None: ...
 
 Global___SamplingParams: _TypeAlias = SamplingParams  # noqa: Y015
 
@@ -166,14 +293,34 @@ class GenerateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    REASONING_EFFORT_FIELD_NUMBER: _builtins.int
+    ENGINE_EXTRAS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Gateway-assigned id, used in the engine's logs and for aborts."""
     model: _builtins.str
     """Engine-side model name."""
+    parallel_tool_calls: _builtins.bool
+    reasoning_effort: _generate_types_pb2.ReasoningEffort.ValueType
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
     @_builtins.property
     def sampling(self) -> Global___SamplingParams: ...
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_generate_types_pb2.Tool]: ...
+    @_builtins.property
+    def tool_choice(self) -> _generate_types_pb2.ToolChoice:
+        """Unset: auto when tools are given."""
+
+    @_builtins.property
+    def response_format(self) -> _generate_types_pb2.ResponseFormat: ...
+    @_builtins.property
+    def engine_extras(self) -> _struct_pb2.Struct:
+        """Engine-specific fields, forwarded to the engine unchanged."""
+
     def __init__(
         self,
         *,
@@ -181,12 +328,20 @@ class GenerateRequest(_message.Message):
         model: _builtins.str = ...,
         messages: _abc.Iterable[Global___Message] | None = ...,
         sampling: Global___SamplingParams | None = ...,
+        tools: _abc.Iterable[_generate_types_pb2.Tool] | None = ...,
+        tool_choice: _generate_types_pb2.ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format: _generate_types_pb2.ResponseFormat | None = ...,
+        reasoning_effort: _generate_types_pb2.ReasoningEffort.ValueType = ...,
+        engine_extras: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "engine_extras", b"engine_extras", "parallel_tool_calls", b"parallel_tool_calls", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "engine_extras", b"engine_extras", "messages", b"messages", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "reasoning_effort", b"reasoning_effort", "request_id", b"request_id", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
 
@@ -216,6 +371,48 @@ class TokenDelta(_message.Message):
 Global___TokenDelta: _TypeAlias = TokenDelta  # noqa: Y015
 
 @_typing.final
+class ChoiceDelta(_message.Message):
+    """Anything a TokenDelta cannot say: another choice's text (n > 1), reasoning
+    text, tool-call fragments, log probabilities. Plain text of the first
+    choice always travels as TokenDelta.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    text: _builtins.str
+    reasoning: _builtins.str
+    token_count: _builtins.int
+    """Number of tokens this event holds."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_generate_types_pb2.ToolCallDelta]: ...
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_generate_types_pb2.TokenLogprob]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        text: _builtins.str = ...,
+        reasoning: _builtins.str = ...,
+        tool_calls: _abc.Iterable[_generate_types_pb2.ToolCallDelta] | None = ...,
+        logprobs: _abc.Iterable[_generate_types_pb2.TokenLogprob] | None = ...,
+        token_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "logprobs", b"logprobs", "reasoning", b"reasoning", "text", b"text", "token_count", b"token_count", "tool_calls", b"tool_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChoiceDelta: _TypeAlias = ChoiceDelta  # noqa: Y015
+
+@_typing.final
 class GenerateFinished(_message.Message):
     """Last event of a successful Generate stream."""
 
@@ -224,19 +421,27 @@ class GenerateFinished(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    CHOICE_FINISH_REASONS_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
+    """The first choice's finish reason."""
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
+    """All choices together."""
+    @_builtins.property
+    def choice_finish_reasons(self) -> _containers.RepeatedScalarFieldContainer[Global___FinishReason.ValueType]:
+        """Every choice's finish reason, by index, when n > 1."""
+
     def __init__(
         self,
         *,
         finish_reason: Global___FinishReason.ValueType = ...,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
+        choice_finish_reasons: _abc.Iterable[Global___FinishReason.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "finish_reason", b"finish_reason", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice_finish_reasons", b"choice_finish_reasons", "completion_tokens", b"completion_tokens", "finish_reason", b"finish_reason", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -250,21 +455,25 @@ class GenerateResponse(_message.Message):
 
     DELTA_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def delta(self) -> Global___TokenDelta: ...
     @_builtins.property
     def finished(self) -> Global___GenerateFinished: ...
+    @_builtins.property
+    def choice(self) -> Global___ChoiceDelta: ...
     def __init__(
         self,
         *,
         delta: Global___TokenDelta | None = ...,
         finished: Global___GenerateFinished | None = ...,
+        choice: Global___ChoiceDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "event", b"event", "finished", b"finished"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "delta", b"delta", "event", b"event", "finished", b"finished"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "event", b"event", "finished", b"finished"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "delta", b"delta", "event", b"event", "finished", b"finished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "finished", "choice"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
