@@ -36,5 +36,10 @@ async def compat_stack() -> AsyncIterator[tuple[Deployment, Shim]]:
 
 @pytest.fixture
 async def http(compat_stack: tuple[Deployment, Shim]) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=compat_stack[1].base_url, timeout=30) as c:
+    # The gateway has no tenant file here: any well-formed key is served.
+    async with httpx.AsyncClient(
+        base_url=compat_stack[1].base_url,
+        timeout=30,
+        headers={"authorization": "Bearer sk-compat-0123456789"},
+    ) as c:
         yield c

@@ -440,6 +440,26 @@ async def test_http_level_errors_conform(
         assert response.headers["allow"] == "POST"
 
 
+async def _post_without_bearer(http: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response:
+    built = http.build_request("POST", "/v1/chat/completions", json=request("plain"))
+    del built.headers["authorization"]
+    built.headers.update(headers)
+    return await http.send(built)
+
+
+async def test_missing_key_is_401_conforming_with_a_request_id(http: httpx.AsyncClient) -> None:
+    response = await _post_without_bearer(http, {"x-request-id": "client-id-7"})
+    assert response.status_code == 401
+    assert_valid("ErrorResponse", response.json())
+    assert response.headers["x-request-id"] == "client-id-7"  # the client's id, echoed
+
+
+async def test_azure_api_key_header_is_accepted(http: httpx.AsyncClient) -> None:
+    response = await _post_without_bearer(http, {"api-key": "sk-azure-0123456789"})
+    assert response.status_code == 200, response.text
+    assert_valid("CreateChatCompletionResponse", response.json())
+
+
 async def test_models_list_conforms(http: httpx.AsyncClient) -> None:
     response = await http.get("/v1/models")
     assert_valid("ListModelsResponse", response.json())
