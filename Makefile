@@ -100,6 +100,21 @@ bench-routing: $(STAMP)
 bench-limits: $(STAMP)
 	$(BIN)/python -m bench.limits_accuracy $(BENCH_ARGS)
 
+## deploy: docker compose up (PROFILE=sim|cpu|gpu), or DEPLOY=k8s OVERLAY=sim|cpu|gpu-vllm [IMAGE=reg/llmgw:tag]: kubectl apply -k; waits for health, prints where things are (DEPLOY_ARGS=--dry-run prints the commands)
+.PHONY: deploy undeploy
+DEPLOY ?= compose
+PROFILE ?= sim
+OVERLAY ?= sim
+IMAGE ?=
+DEPLOY_ARGS ?=
+DEPLOY_FLAGS = --target $(DEPLOY) --profile $(PROFILE) --overlay $(OVERLAY) $(if $(IMAGE),--image $(IMAGE)) $(DEPLOY_ARGS)
+deploy: $(STAMP)
+	$(BIN)/python scripts/deploy.py up $(DEPLOY_FLAGS)
+
+## undeploy: stop what make deploy started (same DEPLOY/OVERLAY)
+undeploy: $(STAMP)
+	$(BIN)/python scripts/deploy.py down $(DEPLOY_FLAGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 

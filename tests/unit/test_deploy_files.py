@@ -2,11 +2,14 @@
 
 No Docker engine runs on the development or CI machines, so the deployment
 files are validated here: the compose file against the Compose
-Specification's JSON schema (``../shared/schemas/compose-spec.json``), and
-with checks a schema cannot make: mounted files exist, the routing and
-tenant files pass the gateway's own validation, sidecars, vLLM servers and
-the routing file agree, Prometheus scrapes exactly the ports the services
-serve /metrics on, and the Dockerfile's commands name modules that exist.
+Specification's JSON schema (``../shared/schemas/compose-spec.json``), and,
+for each profile (sim, cpu, gpu) as compose runs it, with checks a schema
+cannot make: mounted files exist, the routing and tenant files pass the
+gateway's own validation, sidecars, vLLM servers and the routing file agree,
+vLLM runs as ``vllm serve <model>`` at a pinned revision, Prometheus finds
+exactly the ports the services serve /metrics on, every process gets the
+stop time its drain needs, only the REST port is published, and the
+Dockerfile's commands name modules that exist.
 
 Every check is a function returning a list of problems; the tests at the
 bottom feed each one a broken copy to prove it can fail.
@@ -34,6 +37,17 @@ from gateway.tenancy.runtime import check_tenants
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 COMPOSE = ROOT / "docker-compose.yml"
+PUBLISH = ROOT / "deploy" / "compose" / "publish.yml"
+PROFILES = ("sim", "cpu", "gpu")
+# What `make deploy` sets: the profile (also the routing file) and Grafana's password.
+REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "only-for-this-test"}
+# stop_grace_period must exceed a process's drain setting by this.
+STOP_MARGIN_S = 10
+DRAIN_ENV = {
+    "gateway": "LLMGW_GATEWAY_DRAIN_GRACE_S",
+    "rest_shim": "LLMGW_SHIM_DRAIN_GRACE_S",
+    "backends": "LLMGW_SIDECAR_DRAIN_GRACE_S",
+}
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
 Compose = dict[str, Any]
@@ -77,10 +91,39 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
 
 
 def load_compose(path: Path = COMPOSE, env: Mapping[str, str] | None = None) -> Compose:
-    """The compose file as compose sees it with no variables set (every default)."""
+    """The compose file as compose sees it with only ``env`` set (every other default)."""
     raw = yaml.safe_load(path.read_text())
     compose: Compose = interpolate(raw, env or {})
     return compose
+
+
+def in_profile(compose: Compose, profile: str) -> Compose:
+    """The services compose starts with COMPOSE_PROFILES=profile: those without
+    profiles and those of the profile; optional dependencies on the others dropped."""
+    active = copy.deepcopy(compose)
+    services = {
+        name: svc
+        for name, svc in active["services"].items()
+        if not svc.get("profiles") or profile in svc["profiles"]
+    }
+    for svc in services.values():
+        depends = svc.get("depends_on")
+        if isinstance(depends, dict):
+            svc["depends_on"] = {
+                name: dep
+                for name, dep in depends.items()
+                if name in services or dep.get("required", True)
+            }
+    active["services"] = services
+    # Remembered (as an extension field, which the schema allows) for the scrape check.
+    active["x-other-profiles"] = sorted(set(compose["services"]) - set(services))
+    return active
+
+
+def load_profile(profile: str, env: Mapping[str, str] | None = None) -> Compose:
+    """The compose file of one profile, as `make deploy PROFILE=profile` runs it."""
+    full = load_compose(env={**REQUIRED_ENV, "COMPOSE_PROFILES": profile, **(env or {})})
+    return in_profile(full, profile)
 
 
 def command(service: Mapping[str, Any]) -> list[str]:
@@ -122,8 +165,24 @@ def services_running(compose: Compose, module: str) -> dict[str, list[str]]:
 
 
 def is_vllm(service: Mapping[str, Any]) -> bool:
-    """Whether the service runs the vLLM OpenAI server image."""
-    return "vllm/vllm-openai" in str(service.get("image", ""))
+    """Whether the service runs a vLLM OpenAI server image (GPU or CPU)."""
+    image = str(service.get("image", ""))
+    return "vllm/vllm-openai" in image or "vllm-cpu" in image
+
+
+def vllm_argv(service: Mapping[str, Any]) -> list[str]:
+    """entrypoint + command of a vLLM service."""
+    entry = service.get("entrypoint") or []
+    return [*(shlex.split(entry) if isinstance(entry, str) else entry), *command(service)]
+
+
+def stop_grace_s(service: Mapping[str, Any]) -> float:
+    """stop_grace_period in seconds (compose's default is 10 s)."""
+    value = str(service.get("stop_grace_period", "10s"))
+    total = 0.0
+    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", value):
+        total += float(amount) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}[unit]
+    return total
 
 
 def bind_mounts(service: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -253,12 +312,19 @@ def engine_problems(compose: Compose, config: GatewayConfig) -> list[str]:
             continue
         vllm_name, vllm_port = match.group(1), int(match.group(2))
         vllm = services[vllm_name]
-        vargv = command(vllm)
+        vargv = vllm_argv(vllm)
         if not is_vllm(vllm):
             problems.append(f"{name}: {vllm_name} does not run the vLLM image")
+        if vargv[:2] != ["vllm", "serve"] or len(vargv) < 3 or vargv[2].startswith("-"):
+            problems.append(f"{vllm_name}: not started as `vllm serve <model>`")
+        if "--model" in vargv:
+            problems.append(f"{vllm_name}: --model (deprecated by `vllm serve`)")
+        for pin in ("--revision", "--tokenizer-revision"):
+            if not re.fullmatch(r"[0-9a-f]{40}", flag(vargv, pin) or ""):
+                problems.append(f"{vllm_name}: {pin} is not a commit hash")
         if int(flag(vargv, "--port") or 8000) != vllm_port:
             problems.append(f"{name}: {vllm_name} serves on --port {flag(vargv, '--port')}")
-        served = flag(vargv, "--served-model-name") or flag(vargv, "--model")
+        served = flag(vargv, "--served-model-name")
         model = by_endpoint.get(name)
         if flag(argv, "--model") != served:
             problems.append(f"{name}: --model {flag(argv, '--model')} but vLLM serves {served}")
@@ -273,8 +339,11 @@ def engine_problems(compose: Compose, config: GatewayConfig) -> list[str]:
         if model is not None and context and model.max_output_tokens >= int(context):
             problems.append(f"{model.name}: max_output_tokens is not below --max-model-len")
         devices = vllm.get("deploy", {}).get("resources", {}).get("reservations", {})
-        if not any("gpu" in d.get("capabilities", []) for d in devices.get("devices", [])):
+        gpu = any("gpu" in d.get("capabilities", []) for d in devices.get("devices", []))
+        if "vllm-cpu" not in str(vllm.get("image")) and not gpu:
             problems.append(f"{vllm_name}: reserves no GPU device")
+        if "vllm-cpu" in str(vllm.get("image")) and gpu:
+            problems.append(f"{vllm_name}: vLLM for CPU reserves a GPU")
         if "test" not in vllm.get("healthcheck", {}) or "/health" not in str(
             vllm["healthcheck"]["test"]
         ):
@@ -291,6 +360,8 @@ def metrics_port(service: Mapping[str, Any]) -> int | None:
         return port_of(listen) if host in ("0.0.0.0", "::", "") else None
     if is_vllm(service):
         return int(flag(argv, "--port") or 8000)  # vLLM: /metrics on its API port
+    if "dcgm-exporter" in str(service.get("image", "")):
+        return 9400
     return None
 
 
@@ -314,18 +385,29 @@ def scrape_problems(compose: Compose, root: Path) -> list[str]:
     config, _, container = prometheus_config(compose, root)
     problems = []
     scraped: set[tuple[str, int]] = set()
+    elsewhere = set(compose.get("x-other-profiles", []))
     for job in config.get("scrape_configs", []):
-        for static in job.get("static_configs", []):
-            for target in static.get("targets", []):
-                host, port = target.rsplit(":", 1)
-                scraped.add((host, int(port)))
-                if host not in services:
+        targets = [
+            (str(t).rsplit(":", 1)[0], int(str(t).rsplit(":", 1)[1]))
+            for static in job.get("static_configs", [])
+            for t in static.get("targets", [])
+        ] + [
+            (host, int(sd["port"]))
+            for sd in job.get("dns_sd_configs", [])
+            for host in sd.get("names", [])
+        ]
+        for host, port in targets:
+            target = f"{host}:{port}"
+            scraped.add((host, port))
+            if host not in services:
+                # A service of another profile resolves to nothing: fine, if it exists.
+                if host not in elsewhere:
                     problems.append(f"job {job['job_name']}: {target} is not a compose service")
-                elif metrics_port(services[host]) != int(port):
-                    problems.append(
-                        f"job {job['job_name']}: {host} serves no /metrics on {port} "
-                        f"reachable from Prometheus (--metrics-listen 0.0.0.0:{port})"
-                    )
+            elif metrics_port(services[host]) != int(port):
+                problems.append(
+                    f"job {job['job_name']}: {host} serves no /metrics on {port} "
+                    f"reachable from Prometheus (--metrics-listen 0.0.0.0:{port})"
+                )
     for name, svc in services.items():
         listen, port = flag(command(svc), "--metrics-listen"), metrics_port(svc)
         if listen and port is None:
@@ -362,6 +444,72 @@ def grafana_problems(compose: Compose, root: Path) -> list[str]:
             folder = host_path(svc, provider["options"]["path"], root)
             if folder is None or not any(folder.glob("*.json")):
                 problems.append(f"grafana provider {provider['name']}: no dashboards mounted")
+    return problems
+
+
+def drain_problems(compose: Compose) -> list[str]:
+    """Restarts keep streams: every llmgw process has its drain setting and a
+    stop_grace_period that covers it; vLLM has --shutdown-timeout and the stop time for
+    it; `down` stops dependents first (shim before gateway before sidecars before vLLM),
+    so each drains while what it calls is still up."""
+    problems = []
+    services = compose["services"]
+    for name, svc in services.items():
+        argv = command(svc)
+        module = python_module(argv)
+        grace = stop_grace_s(svc)
+        if module in DRAIN_ENV:
+            drain = (svc.get("environment") or {}).get(DRAIN_ENV[module])
+            if drain is None:
+                problems.append(f"{name}: no {DRAIN_ENV[module]}")
+            elif grace < float(drain) + STOP_MARGIN_S:
+                problems.append(
+                    f"{name}: stop_grace_period {grace:g} s does not cover its drain "
+                    f"({drain} s + {STOP_MARGIN_S} s)"
+                )
+        elif is_vllm(svc):
+            timeout = flag(vllm_argv(svc), "--shutdown-timeout")
+            if timeout is None or int(timeout) <= 0:
+                problems.append(f"{name}: vLLM without --shutdown-timeout (aborts requests)")
+            elif grace < int(timeout) + STOP_MARGIN_S:
+                problems.append(f"{name}: stop_grace_period {grace:g} s < --shutdown-timeout")
+
+    def depends(a: str, b: str) -> bool:
+        return b in (services[a].get("depends_on") or {})
+
+    shims, gateways = services_running(compose, "rest_shim"), services_running(compose, "gateway")
+    for shim in shims:
+        for gateway in gateways:
+            if not depends(shim, gateway):
+                problems.append(f"{shim} does not depend on {gateway} (stops after it)")
+    for sidecar, argv in services_running(compose, "backends").items():
+        for gateway in gateways:
+            if not depends(gateway, sidecar):
+                problems.append(f"{gateway} does not depend on {sidecar} (stops after it)")
+        match = re.fullmatch(r"http://([A-Za-z0-9._-]+):\d+/?", flag(argv, "--vllm-url") or "")
+        if match and not depends(sidecar, match.group(1)):
+            problems.append(f"{sidecar} does not depend on {match.group(1)} (stops after it)")
+    return problems
+
+
+def exposure_problems(compose: Compose, publish: Compose) -> list[str]:
+    """Only the REST shim publishes a port by default; the operator's publish file binds
+    to loopback only; Grafana's admin password comes from the environment."""
+    problems = []
+    for name, svc in compose["services"].items():
+        argv = command(svc)
+        if svc.get("ports") and python_module(argv) != "rest_shim":
+            problems.append(f"{name}: publishes {svc['ports']} (only the REST port may be)")
+    for name, svc in publish.get("services", {}).items():
+        for port in svc.get("ports", []):
+            if not str(port).startswith("127.0.0.1:"):
+                problems.append(f"publish.yml {name}: {port} is not bound to 127.0.0.1")
+    grafana = compose["services"].get("grafana", {})
+    password = (grafana.get("environment") or {}).get("GF_SECURITY_ADMIN_PASSWORD")
+    if password != REQUIRED_ENV["GRAFANA_ADMIN_PASSWORD"]:
+        problems.append(
+            "grafana: GF_SECURITY_ADMIN_PASSWORD does not come from GRAFANA_ADMIN_PASSWORD"
+        )
     return problems
 
 
@@ -471,16 +619,22 @@ def schema() -> Mapping[str, Any]:
 
 @pytest.fixture(scope="module")
 def compose() -> Compose:
-    return load_compose()
+    """The gpu profile (the broken-copy tests below edit its vLLM services)."""
+    return load_profile("gpu")
+
+
+@pytest.fixture(params=PROFILES)
+def profile(request: pytest.FixtureRequest) -> Compose:
+    return load_profile(request.param)
 
 
 # --- the shipped files -------------------------------------------------------------------
 
 
 def test_compose_file_matches_the_compose_schema(
-    compose: Compose, schema: Mapping[str, Any]
+    profile: Compose, schema: Mapping[str, Any]
 ) -> None:
-    assert schema_problems(compose, schema) == []
+    assert schema_problems(profile, schema) == []
 
 
 def test_compose_file_matches_the_schema_with_variables_set(schema: Mapping[str, Any]) -> None:
@@ -492,29 +646,67 @@ def test_compose_file_matches_the_schema_with_variables_set(schema: Mapping[str,
         "LLMGW_GID": "1000",
         "HF_TOKEN": "hf_example",
     }
-    assert schema_problems(load_compose(env=env), schema) == []
+    assert schema_problems(load_profile("gpu", env), schema) == []
+    assert schema_problems(load_compose(PUBLISH), schema) == []
 
 
-def test_mounted_files_exist(compose: Compose) -> None:
-    assert mount_problems(compose, ROOT) == []
+def test_compose_needs_a_profile_and_a_grafana_password() -> None:
+    with pytest.raises(ValueError, match="required variable COMPOSE_PROFILES"):
+        load_compose(env=REQUIRED_ENV)
+    with pytest.raises(ValueError, match="required variable GRAFANA_ADMIN_PASSWORD"):
+        load_compose(env={"COMPOSE_PROFILES": "sim"})
 
 
-def test_routing_and_tenant_files_pass_the_gateway_validation(compose: Compose) -> None:
-    assert routing_problems(compose, ROOT) == []
-    _, _, config, tenants = gateway_files(compose, ROOT)
-    assert config == ROOT / "deploy" / "gateway.compose.yaml"
+def test_mounted_files_exist(profile: Compose) -> None:
+    assert mount_problems(profile, ROOT) == []
+
+
+def test_routing_and_tenant_files_pass_the_gateway_validation(profile: Compose) -> None:
+    assert routing_problems(profile, ROOT) == []
+    _, _, config, tenants = gateway_files(profile, ROOT)
+    assert config.parent == ROOT / "deploy" / "compose" / "routing"
     assert tenants is not None
     models = load_config(config).models
     assert len(models) == 2
     assert models[1].fallbacks == [models[0].name]
 
 
-def test_prometheus_scrapes_every_metrics_port_and_nothing_else(compose: Compose) -> None:
-    assert scrape_problems(compose, ROOT) == []
+def test_every_profile_has_its_own_backends() -> None:
+    backends = {p: set(services_running(load_profile(p), "backends")) for p in PROFILES}
+    assert all(backends.values())
+    assert not (backends["sim"] & backends["cpu"]) and not (backends["cpu"] & backends["gpu"])
+    assert "dcgm-exporter" in load_profile("gpu")["services"]
+    assert "dcgm-exporter" not in load_profile("cpu")["services"]
 
 
-def test_grafana_is_provisioned_from_the_repository(compose: Compose) -> None:
-    assert grafana_problems(compose, ROOT) == []
+def test_prometheus_scrapes_every_metrics_port_and_nothing_else(profile: Compose) -> None:
+    assert scrape_problems(profile, ROOT) == []
+
+
+def test_grafana_is_provisioned_from_the_repository(profile: Compose) -> None:
+    assert grafana_problems(profile, ROOT) == []
+
+
+def test_every_process_gets_the_stop_time_its_drain_needs(profile: Compose) -> None:
+    assert drain_problems(profile) == []
+
+
+def test_only_the_rest_port_is_published(profile: Compose) -> None:
+    assert exposure_problems(profile, load_compose(PUBLISH)) == []
+
+
+def test_traces_go_to_the_collector_and_on_to_jaeger(profile: Compose) -> None:
+    services = profile["services"]
+    for name in (*services_running(profile, "gateway"), *services_running(profile, "backends")):
+        assert services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+            "http://otel-collector:4317"
+        )
+    config_path = host_path(services["otel-collector"], "/etc/otelcol/config.yaml", ROOT)
+    assert config_path is not None
+    config = yaml.safe_load(config_path.read_text())
+    exporter = config["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0]
+    assert exporter in services
+    assert config["service"]["pipelines"]["traces"]["exporters"] == ["otlp/jaeger"]
 
 
 def test_dockerfile_runs_modules_that_exist(compose: Compose) -> None:
@@ -610,15 +802,15 @@ def test_mount_check_fails_on_a_missing_file(compose: Compose) -> None:
 
 
 def test_routing_check_fails_on_an_invalid_routing_file(compose: Compose, tmp_path: Path) -> None:
-    bad = tmp_path / "gateway.yaml"
+    bad = tmp_path / "gpu.yaml"
     bad.write_text(
-        (ROOT / "deploy" / "gateway.compose.yaml")
+        (ROOT / "deploy" / "compose" / "routing" / "gpu.yaml")
         .read_text()
-        .replace("fallbacks: [qwen2.5-1.5b-instruct]", "fallbacks: [no-such-model]")
+        .replace("fallbacks: [qwen2-0.5b-instruct]", "fallbacks: [no-such-model]")
     )
 
     def change(c: Compose) -> None:
-        c["services"]["gateway"]["volumes"][0] = f"{bad}:/etc/llmgw/gateway.yaml:ro"
+        c["services"]["gateway"]["volumes"][0] = f"{tmp_path}:/etc/llmgw/routing:ro"
 
     problems = routing_problems(broken(compose, change), ROOT)
     assert any("unknown model 'no-such-model'" in p for p in problems)
@@ -694,3 +886,47 @@ def test_scrape_and_grafana_checks_fail_on_unknown_hosts(compose: Compose) -> No
     assert any("gateway-2: serves /metrics" in p for p in scrape), scrape
     grafana = grafana_problems(broken(compose, rename("prometheus", "prom")), ROOT)
     assert any("prometheus is no service" in p for p in grafana), grafana
+
+
+def test_vllm_check_fails_on_the_model_flag_or_an_unpinned_revision(compose: Compose) -> None:
+    def change(c: Compose) -> None:
+        small = c["services"]["vllm-small"]
+        small["command"] = ["--model", *small["command"]]
+        large = c["services"]["vllm-large"]["command"]
+        large[large.index("--revision") + 1] = "main"
+
+    problems = routing_problems(broken(compose, change), ROOT)
+    assert any("vllm-small: not started as `vllm serve <model>`" in p for p in problems), problems
+    assert any("vllm-small: --model (deprecated" in p for p in problems), problems
+    assert any("vllm-large: --revision is not a commit hash" in p for p in problems), problems
+
+
+def test_drain_check_fails_on_short_stop_periods_or_wrong_stop_order(compose: Compose) -> None:
+    def change(c: Compose) -> None:
+        c["services"]["gateway"]["stop_grace_period"] = "30s"
+        del c["services"]["sidecar-small"]["environment"]["LLMGW_SIDECAR_DRAIN_GRACE_S"]
+        vllm = c["services"]["vllm-large"]["command"]
+        at = vllm.index("--shutdown-timeout")
+        del vllm[at : at + 2]
+        del c["services"]["gateway"]["depends_on"]["sidecar-large"]
+        del c["services"]["rest-shim"]["depends_on"]
+
+    problems = drain_problems(broken(compose, change))
+    assert any("gateway: stop_grace_period 30 s" in p for p in problems), problems
+    assert any("sidecar-small: no LLMGW_SIDECAR_DRAIN_GRACE_S" in p for p in problems), problems
+    assert any("vllm-large: vLLM without --shutdown-timeout" in p for p in problems), problems
+    assert any("gateway does not depend on sidecar-large" in p for p in problems), problems
+    assert any("rest-shim does not depend on gateway" in p for p in problems), problems
+
+
+def test_exposure_check_fails_on_published_ports_or_a_default_password(compose: Compose) -> None:
+    def change(c: Compose) -> None:
+        c["services"]["prometheus"]["ports"] = ["9090:9090"]
+        c["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] = "admin"
+
+    publish = load_compose(PUBLISH)
+    publish["services"]["gateway"]["ports"].append("0.0.0.0:50052:50052")
+    problems = exposure_problems(broken(compose, change), publish)
+    assert any("prometheus: publishes" in p for p in problems), problems
+    assert any("0.0.0.0:50052:50052 is not bound to 127.0.0.1" in p for p in problems), problems
+    assert any("GF_SECURITY_ADMIN_PASSWORD" in p for p in problems), problems
