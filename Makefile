@@ -14,13 +14,34 @@ LLMGW_CACHE_DIR ?= .cache
 export LLMGW_CACHE_DIR
 VLLM_VENV := $(LLMGW_CACHE_DIR)/vllm-venv
 
-$(STAMP): pyproject.toml
+# Dependencies come from requirements-dev.lock (exact versions, sha256 hashes); the
+# project itself is installed editable on top, and `pip check` fails if the lock no
+# longer satisfies pyproject.toml (run `make lock`).
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## lock: re-pin requirements.lock (runtime, the image) and requirements-dev.lock (make install, CI) with hashes
+.PHONY: lock
+UV_VERSION := 0.13.9
+lock:
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install --quiet uv==$(UV_VERSION)
+	$(VENV)-lock/bin/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 --no-header --quiet -o requirements.lock.new
+	$(VENV)-lock/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --universal --python-version 3.11 --no-header --quiet -o requirements-dev.lock.new
+	{ echo "# Runtime dependencies of llmgw, pinned with hashes (what deploy/Dockerfile installs)."; \
+	  echo "# Regenerate with \`make lock\` after changing [project] dependencies in pyproject.toml."; \
+	  cat requirements.lock.new; } > requirements.lock
+	{ echo "# Runtime and dev dependencies of llmgw, pinned with hashes (what \`make install\` and CI install)."; \
+	  echo "# Regenerate with \`make lock\` after changing dependencies in pyproject.toml."; \
+	  cat requirements-dev.lock.new; } > requirements-dev.lock
+	rm -rf requirements.lock.new requirements-dev.lock.new $(VENV)-lock
 
 ## run: the gateway, the REST shim and two sim models (REST :8080, gRPC :50051)
 run: $(STAMP)

@@ -544,15 +544,31 @@ def exec_form(arguments: str) -> list[str] | None:
 
 
 def dockerfile_problems(text: str, root: Path, compose: Compose) -> list[str]:
-    """The image: python:3.11-slim, a non-root user, every package of the project copied
-    in, and commands (its own and compose's) that run modules of this repository."""
+    """The image: python:3.11 slim pinned to a patch release, dependencies installed from
+    the hash-pinned lock, a non-root user, every package of the project copied in (and
+    let through .dockerignore), and commands (its own and compose's) that run modules of
+    this repository."""
     instructions = dockerfile_instructions(text)
     problems = []
-    stages = [args.split()[0] for kw, args in instructions if kw == "FROM"]
-    if not stages or stages[-1] != "python:3.11-slim":
+    args = dict(a.split("=", 1) for kw, a in instructions if kw == "ARG" and "=" in a)
+    stages = [
+        re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), a.split()[0])
+        for kw, a in instructions
+        if kw == "FROM"
+    ]
+    if not stages or not re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", stages[-1]):
         problems.append(
-            f"final stage is FROM {stages[-1] if stages else None}, not python:3.11-slim"
+            f"final stage is FROM {stages[-1] if stages else None}, not python:3.11.<patch>-slim"
         )
+    installs = [a for kw, a in instructions if kw == "RUN" and "pip install" in a]
+    if not any("--require-hashes" in a and "requirements.lock" in a for a in installs):
+        problems.append("the image does not install its dependencies from requirements.lock")
+    if any("--no-deps" not in a for a in installs):
+        problems.append("a pip install in the image may resolve dependencies beyond the lock")
+    ignore = root / "deploy" / "Dockerfile.dockerignore"
+    allowed = {
+        line[1:].rstrip("/") for line in ignore.read_text().splitlines() if line.startswith("!")
+    }
     users = [args for kw, args in instructions if kw == "USER"]
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("the image runs as root (no USER, or USER root)")
@@ -567,6 +583,8 @@ def dockerfile_problems(text: str, root: Path, compose: Compose) -> list[str]:
             copied.add(source.rstrip("/"))
             if not (root / source).exists():
                 problems.append(f"COPY {source}: not in the repository")
+            if source.rstrip("/") not in allowed:
+                problems.append(f"COPY {source}: excluded from the build context (.dockerignore)")
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
     packaged = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in packaged:
@@ -864,6 +882,8 @@ def test_dockerfile_check_fails_on_a_missing_module_or_root_user(compose: Compos
         "USER 10001:10001", "USER root"
     )
     bad = bad.replace("COPY common/ common/\n", "")
+    bad = bad.replace("--require-hashes --no-deps -r", "-r").replace("3.11.13-slim", "3.12-slim")
+    bad = bad.replace("COPY llmgw/ llmgw/", "COPY llmgw/ llmgw/\nCOPY bench/ bench/")
 
     def change(c: Compose) -> None:
         c["services"]["rest-shim"]["command"][2] = "rest_shimx"
@@ -875,6 +895,10 @@ def test_dockerfile_check_fails_on_a_missing_module_or_root_user(compose: Compos
     assert any("module scripts.gen_protos is not packaged" in p for p in problems), problems
     assert any("runs as root" in p for p in problems), problems
     assert any("package common" in p for p in problems), problems
+    assert any("not install its dependencies from requirements.lock" in p for p in problems)
+    assert any("beyond the lock" in p for p in problems), problems
+    assert any("not python:3.11.<patch>-slim" in p for p in problems), problems
+    assert any("COPY bench/: excluded from the build context" in p for p in problems), problems
 
 
 def test_scrape_and_grafana_checks_fail_on_unknown_hosts(compose: Compose) -> None:
@@ -930,3 +954,47 @@ def test_exposure_check_fails_on_published_ports_or_a_default_password(compose: 
     assert any("prometheus: publishes" in p for p in problems), problems
     assert any("0.0.0.0:50052:50052 is not bound to 127.0.0.1" in p for p in problems), problems
     assert any("GF_SECURITY_ADMIN_PASSWORD" in p for p in problems), problems
+
+
+def normalized(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name.lower())
+
+
+def lock_problems(lock: str, groups: list[list[str]]) -> list[str]:
+    """Every dependency of pyproject.toml (the given groups) is pinned with == and hashes."""
+    pinned: dict[str, bool] = {}  # name -> has hashes
+    for block in re.split(r"\n(?=[A-Za-z0-9])", lock):
+        match = re.match(r"([A-Za-z0-9_.-]+)==\S+", block)
+        if match:
+            pinned[normalized(match.group(1))] = "--hash=sha256:" in block
+    problems = []
+    for group in groups:
+        for requirement in group:
+            match = re.match(r"[A-Za-z0-9_.-]+", requirement)
+            name = normalized(match.group(0) if match else requirement)
+            if name not in pinned:
+                problems.append(f"{requirement}: not in the lock (run `make lock`)")
+            elif not pinned[name]:
+                problems.append(f"{name}: pinned without a hash")
+    return problems
+
+
+def test_lock_files_pin_every_dependency_with_hashes() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = pyproject["dependencies"]
+    dev = pyproject["optional-dependencies"]["dev"]
+    assert lock_problems((ROOT / "requirements.lock").read_text(), [runtime]) == []
+    assert lock_problems((ROOT / "requirements-dev.lock").read_text(), [runtime, dev]) == []
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes --no-deps -r requirements-dev.lock" in makefile
+    text = (ROOT / "requirements.lock").read_text()
+    broken = text.replace("\ngrpcio==", "\ngrpcio-old==", 1)
+    assert any(p.startswith("grpcio>=") for p in lock_problems(broken, [runtime]))
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("orjson=="))
+    lines[at] = lines[at].rstrip(" \\")
+    while lines[at + 1].lstrip().startswith("--hash="):
+        del lines[at + 1]
+    unhashed = "\n".join(lines)
+    assert "orjson: pinned without a hash" in lock_problems(unhashed, [runtime])
