@@ -24,6 +24,7 @@ from gateway.routing.build import build_registry
 from gateway.routing.retry_budget import RetryPolicy
 from gateway.telemetry import (
     AccessLog,
+    LimitsStateExporter,
     Observers,
     PrometheusObserver,
     count_rate_limit_refusal,
@@ -128,11 +129,18 @@ async def start_gateway(
         ),
         admission=tenants.admission if tenants is not None else None,
     )
+    export_limits = LimitsStateExporter(tenants.limiter) if tenants is not None else None
+
+    def export_state() -> None:
+        export_routing_state(registry)
+        if export_limits is not None:
+            export_limits()
+
     monitor = EndpointMonitor(
         (e for r in registry.routes for e in r.pool.endpoints),
         backends,
         config.resilience.health,
-        after_round=lambda: export_routing_state(registry),
+        after_round=export_state,
     )
     # Tracing first (outermost), so refusals are traced too. Then authentication,
     # before anything parses the request: a caller without a key costs no decoding.

@@ -2,7 +2,13 @@
 
 Label values are bounded: models and tenants come from configuration,
 endpoints from the routing file, outcomes from our own error reasons;
-nothing a client types becomes a label. Definitions are created on first
+nothing a client types becomes a label.
+
+The core latency and token metrics are also exported under the OpenTelemetry
+GenAI semantic-convention names, in Prometheus form (``gen_ai.server.time_to_first_token``
+is ``gen_ai_server_time_to_first_token_seconds``, with ``gen_ai_request_model`` and
+``gen_ai_operation_name`` labels and the conventions' advised buckets), so
+dashboards built for those names work unchanged. Definitions are created on first
 use, after ``common.observability.metrics.prepare_multiprocess`` may have set up
 multiprocess mode for ``--workers``.
 """
@@ -17,6 +23,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.domain.observer import CompletionObserver, RequestRecord
+from gateway.limits.limiter import Limiter
 from gateway.routing.breaker import BreakerState
 from gateway.routing.registry import ModelRegistry
 
@@ -27,8 +34,25 @@ ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+# Time per output token: a few ms (small model, idle GPU) to a second (overload, CPU).
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
 
-BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+# Buckets the OpenTelemetry GenAI semantic conventions advise for these metrics.
+GENAI_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                      2.5, 5.0, 7.5, 10.0)  # fmt: skip
+GENAI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+GENAI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
+                          20.48, 40.96, 81.92)  # fmt: skip
+GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                       16777216, 67108864)  # fmt: skip
+GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_request_model")
+GENAI_OPERATION = "chat"
+
+BREAKER_STATES = {
+    BreakerState.CLOSED: "closed",
+    BreakerState.HALF_OPEN: "half_open",
+    BreakerState.OPEN: "open",
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +62,7 @@ class GatewayMetrics:
     requests: Counter
     ttft: Histogram
     itl: Histogram
+    tpot: Histogram
     duration: Histogram
     overhead: Histogram
     output_rate: Histogram
@@ -53,6 +78,13 @@ class GatewayMetrics:
     retries: Counter
     fallbacks: Counter
     rejections: Counter
+    limits_store_up: Gauge
+    limits_pending_writes: Gauge
+    limits_fallback_admissions: Counter
+    genai_ttft: Histogram
+    genai_tpot: Histogram
+    genai_duration: Histogram
+    genai_tokens: Histogram
 
 
 @cache
@@ -75,6 +107,13 @@ def gateway_metrics() -> GatewayMetrics:
             "Gap between two deltas of a stream (a delta may hold several tokens).",
             ["model"],
             buckets=ITL_BUCKETS,
+        ),
+        tpot=Histogram(
+            "llmgw_gateway_time_per_output_token_seconds",
+            "Per request: time after the first token over the tokens after it "
+            "((duration - TTFT) / (completion tokens - 1)); requests with two tokens or more.",
+            ["model"],
+            buckets=TPOT_BUCKETS,
         ),
         duration=Histogram(
             "llmgw_gateway_request_duration_seconds",
@@ -138,8 +177,9 @@ def gateway_metrics() -> GatewayMetrics:
         ),
         breaker_state=Gauge(
             "llmgw_backend_circuit_breaker_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open.",
-            ["model", "endpoint"],
+            "Circuit breaker state: 1 for the endpoint's current state "
+            "(closed, half_open or open), 0 for the others.",
+            ["model", "endpoint", "state"],
             multiprocess_mode="max",
         ),
         retries=Counter(
@@ -154,6 +194,48 @@ def gateway_metrics() -> GatewayMetrics:
             "llmgw_gateway_rate_limit_rejections_total",
             "Requests refused by tenant limits, by reason.",
             ["tenant", "reason"],
+        ),
+        limits_store_up=Gauge(
+            "llmgw_gateway_limits_store_up",
+            "1 while the shared rate-limit store (Redis) answers; 0 while this process "
+            "admits against its in-memory fallback (fail-open) or refuses (fail-closed).",
+            multiprocess_mode="min",
+        ),
+        limits_pending_writes=Gauge(
+            "llmgw_gateway_limits_pending_writes",
+            "Rate-limit store writes queued for when the store answers again.",
+            multiprocess_mode="livesum",
+        ),
+        limits_fallback_admissions=Counter(
+            "llmgw_gateway_limits_fallback_admissions_total",
+            "Requests admitted against this process's in-memory limits because the shared "
+            "store (Redis) did not answer (fail-open).",
+        ),
+        genai_ttft=Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "OpenTelemetry GenAI gen_ai.server.time_to_first_token: time to the first token.",
+            GENAI_LABELS,
+            buckets=GENAI_TTFT_BUCKETS,
+        ),
+        genai_tpot=Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "OpenTelemetry GenAI gen_ai.server.time_per_output_token: time per output token "
+            "after the first.",
+            GENAI_LABELS,
+            buckets=GENAI_TPOT_BUCKETS,
+        ),
+        genai_duration=Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "OpenTelemetry GenAI gen_ai.server.request.duration: request duration.",
+            GENAI_LABELS,
+            buckets=GENAI_DURATION_BUCKETS,
+        ),
+        genai_tokens=Histogram(
+            "gen_ai_client_token_usage",
+            "OpenTelemetry GenAI gen_ai.client.token.usage: tokens per request, by "
+            "gen_ai_token_type (input or output).",
+            (*GENAI_LABELS, "gen_ai_token_type"),
+            buckets=GENAI_TOKEN_BUCKETS,
         ),
     )
 
@@ -185,6 +267,7 @@ class PrometheusObserver:
     def first_token(self, model: str, ttft_s: float, overhead_s: float) -> None:
         """Record TTFT and the gateway's share of it."""
         self.m.ttft.labels(model).observe(ttft_s)
+        self.m.genai_ttft.labels(GENAI_OPERATION, model).observe(ttft_s)
         self.m.overhead.labels(model).observe(overhead_s)
 
     def delta(self, model: str, gap_s: float, tokens: int) -> None:
@@ -203,13 +286,22 @@ class PrometheusObserver:
         m.inflight.labels(model).dec()
         m.requests.labels(model, tenant, record.outcome).inc()
         m.duration.labels(model).observe(record.duration_s)
+        m.genai_duration.labels(GENAI_OPERATION, model).observe(record.duration_s)
         if record.prompt_tokens:
             m.prompt_tokens.labels(model, tenant).inc(record.prompt_tokens)
+            m.genai_tokens.labels(GENAI_OPERATION, model, "input").observe(record.prompt_tokens)
         if record.completion_tokens:
             m.completion_tokens.labels(model, tenant).inc(record.completion_tokens)
+            m.genai_tokens.labels(GENAI_OPERATION, model, "output").observe(
+                record.completion_tokens
+            )
             if record.ttft_s is not None and record.duration_s > record.ttft_s:
-                rate = record.completion_tokens / (record.duration_s - record.ttft_s)
-                m.output_rate.labels(model).observe(rate)
+                decoding_s = record.duration_s - record.ttft_s
+                m.output_rate.labels(model).observe(record.completion_tokens / decoding_s)
+                if record.completion_tokens > 1:
+                    tpot = decoding_s / (record.completion_tokens - 1)
+                    m.tpot.labels(model).observe(tpot)
+                    m.genai_tpot.labels(GENAI_OPERATION, model).observe(tpot)
 
 
 class AccessLog:
@@ -305,4 +397,27 @@ def export_routing_state(registry: ModelRegistry, metrics: GatewayMetrics | None
             m.backend_waiting.labels(*labels).set(e.load.waiting)
             m.backend_capacity.labels(*labels).set(e.load.capacity)
             m.backend_healthy.labels(*labels).set(1 if e.healthy else 0)
-            m.breaker_state.labels(*labels).set(BREAKER_VALUES[e.breaker.state])
+            current = BREAKER_STATES[e.breaker.state]
+            for state in BREAKER_STATES.values():
+                m.breaker_state.labels(*labels, state).set(1 if state == current else 0)
+
+
+class LimitsStateExporter:
+    """Copies the limiter's state into gauges and a counter (called with the routing
+    state, off the request path): whether the shared store answers, the writes queued
+    for it, and the requests admitted against the in-memory fallback meanwhile."""
+
+    def __init__(self, limiter: Limiter, metrics: GatewayMetrics | None = None) -> None:
+        self._limiter = limiter
+        self._m = metrics or gateway_metrics()
+        self._counted = limiter.local_admissions
+
+    def __call__(self) -> None:
+        """Export now."""
+        limiter, m = self._limiter, self._m
+        m.limits_store_up.set(0 if limiter.store_down else 1)
+        m.limits_pending_writes.set(limiter.pending)
+        admitted = limiter.local_admissions
+        if admitted > self._counted:
+            m.limits_fallback_admissions.inc(admitted - self._counted)
+        self._counted = admitted

@@ -111,6 +111,9 @@ class Limiter:
         self._backoff_s = 0.0
         self._task: asyncio.Task[None] | None = None
         self.stats = LatencyStats()
+        # Requests admitted against the local fallback while the store was down
+        # (read by telemetry: "serving from in-memory limits").
+        self.local_admissions = 0
 
     @property
     def store_down(self) -> bool:
@@ -192,6 +195,7 @@ class Limiter:
         decision = await self._local.acquire(
             tenant, limits, reservation, tokens, month, self.lease_s
         )
+        self.local_admissions += 1
         self.stats.add(self._monotonic() - started)
         return Reservation(reservation, tenant, limits, tokens, month, decision, local=True)
 

@@ -24,6 +24,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "grafana" / "llmgw-overview.json"
 ALERTS = ROOT / "dashboards" / "prometheus" / "alerts.yml"
+VLLM_ALERTS = ROOT / "dashboards" / "prometheus" / "vllm-alerts.yml"
+# The deployed stacks' job names (deploy/compose/prometheus.yml, deploy/k8s/base/prometheus.yaml).
+JOBS = {"gateway": "llmgw-gateway", "shim": "llmgw-shim"}
+_ABSENT = re.compile(r"^absent\((?P<inner>.*)\)$")
 PROMETHEUS = shutil.which("prometheus")
 # Threshold comparisons are stripped: what must have data is what the alert measures.
 _THRESHOLD = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[0-9.e+-]+\s*$")
@@ -36,8 +40,16 @@ def panel_queries() -> list[tuple[str, str]]:
 
 
 def alert_queries() -> list[tuple[str, str]]:
+    """What each alert measures: its expression without the threshold; for absent(X),
+    X (absent() is empty while things are well, X must not be)."""
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [(r["alert"], _THRESHOLD.sub("", r["expr"])) for g in groups for r in g["rules"]]
+    queries = []
+    for g in groups:
+        for r in g["rules"]:
+            expr = _THRESHOLD.sub("", r["expr"])
+            absent = _ABSENT.match(expr)
+            queries.append((r["alert"], absent.group("inner") if absent else expr))
+    return queries
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +59,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedStack]:
         yield s
     finally:
         s.stop()
+
+
+def jobs(stack: ObservedStack) -> dict[str, list[str]]:
+    """Targets by job, named as the deployed stacks name them (every sidecar: llmgw-sidecar)."""
+    out: dict[str, list[str]] = {}
+    for name, port in stack.metrics_ports.items():
+        out.setdefault(JOBS.get(name, "llmgw-sidecar"), []).append(f"127.0.0.1:{port}")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +79,8 @@ def prometheus(stack: ObservedStack, tmp_path_factory: pytest.TempPathFactory) -
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": ["alerts.yml"],
         "scrape_configs": [
-            {"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-            for name, port in stack.metrics_ports.items()
+            {"job_name": job, "static_configs": [{"targets": targets}]}
+            for job, targets in jobs(stack).items()
         ],
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -100,9 +120,10 @@ def query(url: str, expr: str) -> list[object]:
 
 def test_every_target_is_scraped(prometheus: str) -> None:
     targets = httpx.get(prometheus + "/api/v1/targets").json()["data"]["activeTargets"]
-    assert {t["labels"]["job"]: t["health"] for t in targets} == {
-        "gateway": "up", "shim": "up", "fast0": "up", "fast1": "up",
-    }  # fmt: skip
+    assert sorted((t["labels"]["job"], t["health"]) for t in targets) == [
+        ("llmgw-gateway", "up"), ("llmgw-shim", "up"),
+        ("llmgw-sidecar", "up"), ("llmgw-sidecar", "up"),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("title", "expr"), panel_queries())
@@ -131,7 +152,7 @@ def test_dashboards_and_alerts_name_only_exported_metrics(
     named = {
         m
         for _, expr in panel_queries() + alert_queries()
-        for m in re.findall(r"\bllmgw_[a-z_]+", expr)
+        for m in re.findall(r"\b(?:llmgw|gen_ai)_[a-z_]+", expr)
     }
     assert named - exported == set()
 
@@ -140,7 +161,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool is not installed (apt-get install prometheus)"
     result = subprocess.run(
-        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True
+        [promtool, "check", "rules", str(ALERTS), str(VLLM_ALERTS)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
