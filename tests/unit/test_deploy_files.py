@@ -30,9 +30,11 @@ from typing import Any
 import pytest
 import yaml
 
+from backends.settings import SidecarSettings
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.settings import GatewaySettings
 from gateway.tenancy.runtime import check_tenants
+from rest_shim.settings import ShimSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
@@ -43,10 +45,12 @@ PROFILES = ("sim", "cpu", "gpu")
 REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "only-for-this-test"}
 # stop_grace_period must exceed a process's drain setting by this.
 STOP_MARGIN_S = 10
+# Each process's drain setting: the `shutdown_grace_s` field of its settings class, as
+# the environment variable its env_prefix makes of it.
+SETTINGS = {"gateway": GatewaySettings, "rest_shim": ShimSettings, "backends": SidecarSettings}
 DRAIN_ENV = {
-    "gateway": "LLMGW_GATEWAY_DRAIN_GRACE_S",
-    "rest_shim": "LLMGW_SHIM_DRAIN_GRACE_S",
-    "backends": "LLMGW_SIDECAR_DRAIN_GRACE_S",
+    module: f"{cls.model_config.get('env_prefix', '')}SHUTDOWN_GRACE_S"
+    for module, cls in SETTINGS.items()
 }
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
@@ -928,7 +932,7 @@ def test_vllm_check_fails_on_the_model_flag_or_an_unpinned_revision(compose: Com
 def test_drain_check_fails_on_short_stop_periods_or_wrong_stop_order(compose: Compose) -> None:
     def change(c: Compose) -> None:
         c["services"]["gateway"]["stop_grace_period"] = "30s"
-        del c["services"]["sidecar-small"]["environment"]["LLMGW_SIDECAR_DRAIN_GRACE_S"]
+        del c["services"]["sidecar-small"]["environment"]["LLMGW_SIDECAR_SHUTDOWN_GRACE_S"]
         vllm = c["services"]["vllm-large"]["command"]
         at = vllm.index("--shutdown-timeout")
         del vllm[at : at + 2]
@@ -937,7 +941,7 @@ def test_drain_check_fails_on_short_stop_periods_or_wrong_stop_order(compose: Co
 
     problems = drain_problems(broken(compose, change))
     assert any("gateway: stop_grace_period 30 s" in p for p in problems), problems
-    assert any("sidecar-small: no LLMGW_SIDECAR_DRAIN_GRACE_S" in p for p in problems), problems
+    assert any("sidecar-small: no LLMGW_SIDECAR_SHUTDOWN_GRACE_S" in p for p in problems), problems
     assert any("vllm-large: vLLM without --shutdown-timeout" in p for p in problems), problems
     assert any("gateway does not depend on sidecar-large" in p for p in problems), problems
     assert any("rest-shim does not depend on gateway" in p for p in problems), problems

@@ -26,9 +26,11 @@ from typing import Any
 import pytest
 import yaml
 
+from backends.settings import SidecarSettings
 from gateway.config import ConfigError, load_config
 from gateway.settings import GatewaySettings
 from gateway.tenancy.runtime import check_tenants
+from rest_shim.settings import ShimSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -39,10 +41,12 @@ Doc = dict[str, Any]
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 # A pod's grace period must exceed its slowest container's preStop + drain by this.
 GRACE_MARGIN_S = 10
+# Each process's drain setting: the `shutdown_grace_s` field of its settings class, as
+# the environment variable its env_prefix makes of it.
+SETTINGS = {"gateway": GatewaySettings, "rest_shim": ShimSettings, "backends": SidecarSettings}
 DRAIN_ENV = {
-    "gateway": "LLMGW_GATEWAY_DRAIN_GRACE_S",
-    "rest_shim": "LLMGW_SHIM_DRAIN_GRACE_S",
-    "backends": "LLMGW_SIDECAR_DRAIN_GRACE_S",
+    module: f"{cls.model_config.get('env_prefix', '')}SHUTDOWN_GRACE_S"
+    for module, cls in SETTINGS.items()
 }
 
 
