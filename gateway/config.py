@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -196,6 +196,18 @@ class RequestLimitsConfig(BaseModel):
     )
 
 
+class DiscoveryConfig(BaseModel):
+    """How endpoint host names are re-resolved (each address is its own endpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=5.0, gt=0, description="Re-resolve every name this often.")
+    timeout_s: float = Field(default=2.0, gt=0, description="Longest wait for one resolution.")
+    family: Literal["any", "ipv4", "ipv6"] = Field(
+        default="any", description="Address family to use when a name has both."
+    )
+
+
 class GatewayConfig(BaseModel):
     """The whole routing file."""
 
@@ -203,6 +215,7 @@ class GatewayConfig(BaseModel):
 
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     request_limits: RequestLimitsConfig = Field(default_factory=RequestLimitsConfig)
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,10 +18,12 @@ from common.observability.tracing import grpc_server_interceptors
 from common.pace import LoopLagPace, PaceSettings
 from gateway.adapters.backend_client import GrpcBackendClient
 from gateway.adapters.monitor import EndpointMonitor
+from gateway.adapters.resolver import Resolver, SystemResolver
 from gateway.config import GatewayConfig, ResilienceConfig
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService
-from gateway.routing.build import build_registry
+from gateway.routes import Routes
+from gateway.routing.registry import ModelRegistry
 from gateway.routing.retry_budget import RetryPolicy
 from gateway.telemetry import (
     AccessLog,
@@ -69,6 +72,7 @@ class RunningGateway:
     service: ChatCompletionService
     backends: GrpcBackendClient
     monitor: EndpointMonitor
+    routes: Routes
     tenancy: Tenancy | None = None
     admin_server: grpc.aio.Server | None = None
     admin_port: int | None = None
@@ -86,6 +90,7 @@ class RunningGateway:
             await self.pace.close()
         if self.tenancy is not None:
             await self.tenancy.close()
+        await self.routes.close()
         await self.monitor.stop()
         await self.backends.close()
 
@@ -95,6 +100,8 @@ async def start_gateway(
     address: str = "127.0.0.1:0",
     tenancy: TenancyOptions | None = None,
     admin_address: str | None = None,
+    routing_file: Path | None = None,
+    resolver: Resolver | None = None,
 ) -> RunningGateway:
     """Start a gateway serving ``config`` on ``address`` (port 0 picks one).
 
@@ -102,10 +109,29 @@ async def start_gateway(
     networks); otherwise API keys, rate limits and metering are enforced.
     ``admin_address`` serves the AdminService on a port of its own (and not
     on ``address``), so deployments publish the API without the admin surface;
-    None keeps it on the API port.
+    None keeps it on the API port. ``routing_file`` (where ``config`` came
+    from) is watched and reloaded on change or SIGHUP; endpoint host names are
+    resolved with ``resolver`` (the system's by default) and re-resolved.
     """
     backends = GrpcBackendClient()
-    registry = build_registry(config)
+    registry = ModelRegistry(())
+    # What the monitor exports after each health round (the limiter's state joins below).
+    exporters: list[Callable[[], None]] = [lambda: export_routing_state(registry)]
+
+    def export_state() -> None:
+        for export in exporters:
+            export()
+
+    monitor = EndpointMonitor((), backends, config.resilience.health, after_round=export_state)
+    discovery = config.discovery
+    routes = Routes(
+        registry,
+        monitor,
+        backends,
+        resolver or SystemResolver(discovery.family, discovery.timeout_s),
+        routing_file,
+    )
+    await routes.apply(config)  # resolves host names; the monitor learns the endpoints
     streaming = config.resilience.streaming
     pace = None
     if streaming.max_hold_ms > 0:
@@ -129,19 +155,8 @@ async def start_gateway(
         ),
         admission=tenants.admission if tenants is not None else None,
     )
-    export_limits = LimitsStateExporter(tenants.limiter) if tenants is not None else None
-
-    def export_state() -> None:
-        export_routing_state(registry)
-        if export_limits is not None:
-            export_limits()
-
-    monitor = EndpointMonitor(
-        (e for r in registry.routes for e in r.pool.endpoints),
-        backends,
-        config.resilience.health,
-        after_round=export_state,
-    )
+    if tenants is not None:
+        exporters.append(LimitsStateExporter(tenants.limiter))
     # Tracing first (outermost), so refusals are traced too. Then authentication,
     # before anything parses the request: a caller without a key costs no decoding.
     # It is installed with or without a tenant file: the access table decides.
@@ -203,6 +218,7 @@ async def start_gateway(
         await mark_serving(admin_health, (admin.descriptor.full_name,))
     await server.start()
     monitor.start()
+    routes.start()
     if tenants is not None:
         tenants.start()
     await mark_serving(health, names)
@@ -212,6 +228,7 @@ async def start_gateway(
         service=service,
         backends=backends,
         monitor=monitor,
+        routes=routes,
         tenancy=tenants,
         admin_server=admin_server,
         admin_port=admin_port,

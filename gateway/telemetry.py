@@ -15,6 +15,7 @@ multiprocess mode for ``--workers``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from functools import cache
@@ -387,12 +388,15 @@ class Observers:
 
 def export_routing_state(registry: ModelRegistry, metrics: GatewayMetrics | None = None) -> None:
     """Copy queue depth, health, breaker state and load reports into gauges
-    (called by the health monitor after each round, off the request path)."""
+    (called by the health monitor after each round, off the request path).
+    Series of endpoints that left (discovery, a routing-file reload) are removed."""
     m = metrics or gateway_metrics()
+    exported: set[tuple[str, str]] = set()
     for route in registry.routes:
         m.queue_depth.labels(route.name).set(route.pool.queue.depth)
         for e in route.pool.endpoints:
             labels = (route.name, e.address)
+            exported.add(labels)
             m.backend_running.labels(*labels).set(e.load.running)
             m.backend_waiting.labels(*labels).set(e.load.waiting)
             m.backend_capacity.labels(*labels).set(e.load.capacity)
@@ -400,6 +404,26 @@ def export_routing_state(registry: ModelRegistry, metrics: GatewayMetrics | None
             current = BREAKER_STATES[e.breaker.state]
             for state in BREAKER_STATES.values():
                 m.breaker_state.labels(*labels, state).set(1 if state == current else 0)
+
+    key = (id(m), id(registry))
+    gone = _EXPORTED.get(key, set()) - exported
+    for labels in gone:
+        for gauge in (
+            m.backend_running,
+            m.backend_waiting,
+            m.backend_capacity,
+            m.backend_healthy,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        for state in BREAKER_STATES.values():
+            with contextlib.suppress(KeyError):
+                m.breaker_state.remove(*labels, state)
+    _EXPORTED[key] = exported
+
+
+# Per (metrics, registry): the (model, endpoint) series exported last round.
+_EXPORTED: dict[tuple[int, int], set[tuple[str, str]]] = {}
 
 
 class LimitsStateExporter:

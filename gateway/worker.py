@@ -24,7 +24,11 @@ log = logging.getLogger("llmgw.gateway")
 async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
     """Serve until SIGINT or SIGTERM, then drain for up to five seconds."""
     gateway = await start_gateway(
-        config, settings.listen, tenancy_options(settings), settings.admin_listen or None
+        config,
+        settings.listen,
+        tenancy_options(settings),
+        settings.admin_listen or None,
+        routing_file=settings.config,
     )
     log.info("gateway serving %d models on port %d", len(config.models), gateway.port)
     stop = asyncio.Event()

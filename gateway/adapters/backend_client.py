@@ -135,6 +135,15 @@ class GrpcBackendClient:
             kv_cache_usage=report.kv_cache_usage if report.HasField("kv_cache_usage") else None,
         )
 
+    async def forget(self, address: str) -> None:
+        """Close the channel to ``address`` (discovery removed it and nothing is in flight)."""
+        channel = self._channel_of.pop(address, None)
+        self._stubs.pop(address, None)
+        self._health.pop(address, None)
+        if channel is not None:
+            self._channels.remove(channel)
+            await channel.close()
+
     async def close(self) -> None:
         """Close every channel."""
         for channel in self._channels:

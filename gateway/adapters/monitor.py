@@ -48,12 +48,32 @@ class EndpointMonitor:
         self._prober = prober
         self._config = config
         self._tasks: list[asyncio.Task[None]] = []
+        self._watches: dict[Endpoint, asyncio.Task[None]] = {}
+        self._started = False
 
     def start(self) -> None:
         """Start one checking task per endpoint (and the exporter, if any)."""
-        self._tasks = [asyncio.create_task(self._watch(e)) for e in self._endpoints]
+        self._started = True
+        self.add(self._endpoints)
         if self._after_round is not None:
             self._tasks.append(asyncio.create_task(self._export(self._after_round)))
+
+    def add(self, endpoints: Iterable[Endpoint]) -> None:
+        """Check these endpoints too (discovery found them)."""
+        for endpoint in endpoints:
+            if endpoint not in self._endpoints:
+                self._endpoints.append(endpoint)
+            if self._started and endpoint not in self._watches:
+                self._watches[endpoint] = asyncio.create_task(self._watch(endpoint))
+
+    def remove(self, endpoints: Iterable[Endpoint]) -> None:
+        """Stop checking these endpoints (they left their pool and drain)."""
+        for endpoint in endpoints:
+            if endpoint in self._endpoints:
+                self._endpoints.remove(endpoint)
+            task = self._watches.pop(endpoint, None)
+            if task is not None:
+                task.cancel()
 
     async def _export(self, export: Callable[[], None]) -> None:
         while True:
@@ -62,9 +82,11 @@ class EndpointMonitor:
 
     async def stop(self) -> None:
         """Stop checking."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._watches.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watches.clear()
 
     async def _watch(self, endpoint: Endpoint) -> None:
         config = self._config

@@ -24,14 +24,25 @@ class ModelRoute:
 
 
 class ModelRegistry:
-    """Every model the gateway serves, by name and by alias."""
+    """Every model the gateway serves, by name and by alias.
+
+    ``replace`` swaps the whole table at once (a routing-file reload); a
+    request already routed keeps the route object it resolved.
+    """
 
     def __init__(self, routes: Iterable[ModelRoute]) -> None:
-        self._routes = list(routes)
+        self._routes: list[ModelRoute] = []
         self._by_name: dict[str, ModelRoute] = {}
-        for route in self._routes:
+        self.replace(routes)
+
+    def replace(self, routes: Iterable[ModelRoute]) -> None:
+        """Serve ``routes`` from now on, instead of the current ones."""
+        table = list(routes)
+        by_name: dict[str, ModelRoute] = {}
+        for route in table:
             for name in (route.name, *route.aliases):
-                self._by_name[name] = route
+                by_name[name] = route
+        self._routes, self._by_name = table, by_name
 
     def resolve(self, name: str) -> ModelRoute:
         """The route for ``name``; ModelNotFound if there is none."""

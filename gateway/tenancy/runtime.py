@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.sighup import on_sighup
 from gateway.config import GatewayConfig
 from gateway.limits.limiter import FailurePolicy, Limiter
 from gateway.limits.memory import InMemoryLimitStore
@@ -67,6 +68,7 @@ class Tenancy:
     options: TenancyOptions
     _client: object | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _unsubscribe: Callable[[], None] = lambda: None
 
     @property
     def limiter(self) -> Limiter:
@@ -85,8 +87,7 @@ class Tenancy:
         self._tasks.append(
             asyncio.create_task(self.directory.watch(self.options.reload_interval_s))
         )
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+        self._unsubscribe = on_sighup(self.reload)
 
     def reload(self) -> bool:
         """Reload the tenant file now."""
@@ -94,8 +95,7 @@ class Tenancy:
 
     async def close(self) -> None:
         """Finish reconciliations, flush metering, close the stores."""
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        self._unsubscribe()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
