@@ -33,6 +33,9 @@ from llmgw.v1 import chat_pb2
 DIRECT = "direct"
 GATEWAY = "gateway"
 SHIM = "shim"
+UPSTREAM = "upstream"  # the OpenAI-compatible server behind the sidecar's vllm engine
+LITELLM = "litellm"  # a LiteLLM proxy in front of that same server
+HTTP_TARGETS = frozenset({SHIM, UPSTREAM, LITELLM})  # OpenAI SSE over HTTP/1.1
 
 # First byte of a serialised oneof event: (field number << 3) | 2 (length-delimited).
 # A proto3 message whose oneof is set always starts with that field, even an empty one.
@@ -167,7 +170,7 @@ def _http_request(job: Job) -> bytes:
     )
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {job.address}\r\n"
-        "Authorization: Bearer bench\r\n"  # the shim refuses keyless calls up front
+        "Authorization: Bearer sk-bench\r\n"  # the shim (and LiteLLM) refuse keyless calls
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -319,7 +322,7 @@ async def _run_job(job: Job, conn: Connection) -> WorkerResult:
     host, port = job.address.rsplit(":", 1)
     channel: grpc.aio.Channel | None = None
     connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = []
-    if job.target == SHIM:
+    if job.target in HTTP_TARGETS:
         # Open every connection before the start so connecting is not measured.
         for _ in range(job.concurrency):
             connections.append(await asyncio.open_connection(host, int(port)))
@@ -331,7 +334,7 @@ async def _run_job(job: Job, conn: Connection) -> WorkerResult:
     window_start = start_at + job.warmup_s
     recorder = _Recorder(job.max_tokens, window_start, window_start + job.duration_s)
 
-    if job.target == SHIM:
+    if job.target in HTTP_TARGETS:
         request = _http_request(job)
         loops = [
             _http_stream_loop(host, int(port), request, connection, recorder)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import multiprocessing
 import os
 import platform
@@ -32,16 +33,31 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from bench.loadgen import DIRECT, GATEWAY, SHIM, Job, WorkerResult, worker_main
+from bench.loadgen import (
+    DIRECT,
+    GATEWAY,
+    LITELLM,
+    SHIM,
+    UPSTREAM,
+    Job,
+    WorkerResult,
+    worker_main,
+)
 from bench.procstat import tree_cpu_seconds
-from devstack.stack import SimModel, Stack, StackPlan
+from bench.upstreams import HttpEngineModel, LiteLLMProxy, MockUpstream
+from devstack.stack import ModelPlan, SimModel, Stack, StackPlan
 
 MODEL = "bench"
 TOKENS = 64
 PROMPT = "benchmark the streaming path of the gateway with this prompt"
-TARGETS = (DIRECT, GATEWAY, SHIM)
-TARGET_LABELS = {DIRECT: "sidecar gRPC", GATEWAY: "gateway gRPC", SHIM: "shim HTTP"}
-SERVERS = ("sidecar", "gateway", "shim")
+TARGET_LABELS = {
+    UPSTREAM: "upstream HTTP",
+    LITELLM: "LiteLLM HTTP",
+    DIRECT: "sidecar gRPC",
+    GATEWAY: "gateway gRPC",
+    SHIM: "shim HTTP",
+}
+SERVERS = ("upstream", "litellm", "sidecar", "gateway", "shim")
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,20 @@ class Scenario:
     name: str
     ttft_ms: float
     itl_ms: float
+    # "sim": the sidecar's simulator. "vllm": the sidecar's vllm engine (its HTTP/SSE
+    # client) in front of bench.mock_openai, an OpenAI-compatible server at this pace.
+    engine: str = "sim"
+
+    @property
+    def base(self) -> str:
+        """The target the others are compared with: the nearest thing to the model."""
+        return UPSTREAM if self.engine == "vllm" else DIRECT
+
+    def targets(self, litellm: bool) -> tuple[str, ...]:
+        """What is measured: the base first, then each hop added in front of it."""
+        if self.engine == "vllm":
+            return (UPSTREAM, *((LITELLM,) if litellm else ()), DIRECT, GATEWAY, SHIM)
+        return (DIRECT, GATEWAY, SHIM)
 
     def sim_config(self) -> dict[str, float | int]:
         """Sim engine settings: 64 tokens a reply, and enough slots that it never queues."""
@@ -65,6 +95,8 @@ class Scenario:
 SCENARIOS = (
     Scenario("zero delay", 0, 0),
     Scenario("ttft 50ms, itl 10ms", 50, 10),
+    Scenario("vllm engine, zero delay", 0, 0, "vllm"),
+    Scenario("vllm engine, ttft 50ms, itl 10ms", 50, 10, "vllm"),
 )
 
 
@@ -110,6 +142,22 @@ class RunResult:
         if not self.tokens:
             return None
         return self.cpu_s[name] / self.tokens * TOKENS * 1000
+
+    def path_cpu_per_1k(self) -> float | None:
+        """CPU per 1000 requests of what this target adds in front of the model.
+
+        Through the shim: shim + gateway + sidecar; through LiteLLM: LiteLLM;
+        the upstream itself is never counted (it is the model's stand-in).
+        """
+        parts = {
+            SHIM: ("shim", "gateway", "sidecar"),
+            GATEWAY: ("gateway", "sidecar"),
+            DIRECT: ("sidecar",),
+            LITELLM: ("litellm",),
+        }.get(self.target, ())
+        if not self.tokens or not parts:
+            return None
+        return sum(self.cpu_s.get(n, 0.0) for n in parts) / self.tokens * TOKENS * 1000
 
     def utilisation(self, name: str) -> float:
         """Share of one core that a process tree used during the window."""
@@ -232,7 +280,10 @@ def run_one(
         short=sum(r.short for r in results),
         errors=errors,
         error_samples=[s for r in results for s in r.error_samples],
-        cpu_s={**{name: cpu[name] for name in servers}, "loadgen": sum(cpu[c] for c in clients)},
+        cpu_s={
+            **{name: cpu.get(name, 0.0) for name in SERVERS},
+            "loadgen": sum(cpu[c] for c in clients),
+        },
         client_cpu_s=[cpu[c] for c in clients],
         cpu_window_s=t_after - t_before,
     )
@@ -257,44 +308,74 @@ def run_scenario(
     gateway_workers: int,
     shim_workers: int,
     stream_interval_ms: float = 0.0,
+    max_hold_ms: float | None = None,
+    litellm: str | None = None,
+    http_client: str | None = None,
 ) -> ScenarioResult:
     """Start a stack for this latency setting, run every concurrency and target, stop it."""
-    sidecar_port, grpc_port, rest_port = free_ports(3)
+    sidecar_port, grpc_port, rest_port, upstream_port, litellm_port = free_ports(5)
+    sidecar_args: list[str] = []
+    if max_hold_ms is not None:
+        sidecar_args += ["--max-hold-ms", str(max_hold_ms)]
+    if http_client is not None and scenario.engine == "vllm":
+        sidecar_args += ["--engine-config", json.dumps({"http_client": http_client})]
+    model: ModelPlan
+    if scenario.engine == "vllm":
+        model = HttpEngineModel(
+            MODEL,
+            f"{MODEL}-alias",
+            sidecar_port,
+            f"http://127.0.0.1:{upstream_port}",
+            stream_interval_ms=stream_interval_ms,
+            extra_args=tuple(sidecar_args),
+        )
+    else:
+        model = SimModel(
+            MODEL,
+            f"{MODEL}-alias",
+            sidecar_port,
+            scenario.sim_config(),
+            stream_interval_ms=stream_interval_ms,
+        )
     plan = StackPlan(
-        models=[
-            SimModel(
-                MODEL,
-                f"{MODEL}-alias",
-                sidecar_port,
-                scenario.sim_config(),
-                stream_interval_ms=stream_interval_ms,
-            )
-        ],
+        models=[model],
         grpc_port=grpc_port,
         rest_port=rest_port,
         gateway_workers=gateway_workers,
         shim_workers=shim_workers,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
+    if max_hold_ms is not None:
+        plan.resilience = {"streaming": {"max_hold_ms": max_hold_ms}}
     stack = Stack(plan, log_dir=log_dir)
     addresses = {
+        UPSTREAM: f"{plan.host}:{upstream_port}",
+        LITELLM: f"{plan.host}:{litellm_port}",
         DIRECT: f"{plan.host}:{sidecar_port}",
         GATEWAY: f"{plan.host}:{grpc_port}",
         SHIM: f"{plan.host}:{rest_port}",
     }
     result = ScenarioResult(scenario, [], log_dir)
     _progress(f"== {scenario.name}: starting stack (logs in {log_dir}, kept on failure)")
+    upstream = proxy = None
     try:
+        servers: dict[str, int] = {}
+        if scenario.engine == "vllm":
+            upstream = MockUpstream(
+                upstream_port, MODEL, scenario.ttft_ms, scenario.itl_ms, log_dir / "upstream.log"
+            )
+            servers["upstream"] = upstream.start()
+            if litellm:
+                proxy = LiteLLMProxy(litellm, litellm_port, MODEL, upstream_port, log_dir)
+                servers["litellm"] = proxy.start()
         stack.start()
         stack.wait_ready(timeout_s=60)
+        if proxy is not None:
+            proxy.wait_ready(timeout_s=120)
         pids = stack.pids()
-        servers = {
-            "sidecar": pids[f"sidecar-{MODEL}"],
-            "gateway": pids["gateway"],
-            "shim": pids["shim"],
-        }
+        servers.update(sidecar=pids[f"sidecar-{MODEL}"], gateway=pids["gateway"], shim=pids["shim"])
         for concurrency in concurrencies:
-            for target in TARGETS:
+            for target in scenario.targets(litellm is not None):
                 run = run_one(
                     pool, servers, concurrency, target, addresses[target], warmup_s, duration_s
                 )
@@ -312,9 +393,12 @@ def run_scenario(
         _progress(f"!! {scenario.name} aborted: {error}")
     finally:
         stack.stop()
+        for part in (proxy, upstream):
+            if part is not None:
+                part.stop()
     if result.aborted is None:
         shutil.rmtree(log_dir, ignore_errors=True)  # kept only when something went wrong
-    _relate_to_direct(result.runs)
+    _relate_to_base(result.runs, scenario.base)
     return result
 
 
@@ -323,8 +407,8 @@ def run_ttft(run: RunResult, q: float) -> float:
     return percentile(run.ttfts, q) * 1000
 
 
-def _relate_to_direct(runs: list[RunResult]) -> None:
-    direct = {r.concurrency: r for r in runs if r.target == DIRECT}
+def _relate_to_base(runs: list[RunResult], base_target: str) -> None:
+    direct = {r.concurrency: r for r in runs if r.target == base_target}
     for run in runs:
         run.ttft_p50 = run_ttft(run, 0.5)
         run.ttft_p99 = run_ttft(run, 0.99)
@@ -349,11 +433,12 @@ def _num(value: float | None, digits: int = 1, signed: bool = False) -> str:
 MAIN_HEADER = (
     "latency", "conc", "target", "req/s", "x direct", "tok/s",
     "TTFT p50 ms", "TTFT p99 ms", "added p50 ms", "added p99 ms",
+    "upstream cpu-s/1k", "litellm cpu-s/1k",
     "sidecar cpu-s/1k", "gateway cpu-s/1k", "shim cpu-s/1k", "loadgen cpu-s/1k",
-    "n", "errors",
+    "path cpu-s/1k", "n", "errors",
 )  # fmt: skip
 UTIL_HEADER = (
-    "latency", "conc", "target", "sidecar %", "gateway %", "shim %",
+    "latency", "conc", "target", "upstream %", "litellm %", "sidecar %", "gateway %", "shim %",
     "loadgen % (all)", "busiest client %", "total %",
 )  # fmt: skip
 
@@ -370,6 +455,7 @@ def main_rows(results: Sequence[ScenarioResult]) -> list[list[str]]:
                     _num(r.ttft_p50, 2), _num(r.ttft_p99, 2),
                     _num(r.added_p50, 2, True), _num(r.added_p99, 2, True),
                     *(_num(r.cpu_per_1k(n), 2) for n in (*SERVERS, "loadgen")),
+                    _num(r.path_cpu_per_1k(), 2),
                     str(r.completed), str(sum(r.errors.values()) + r.short),
                 ]
             )  # fmt: skip
@@ -420,7 +506,10 @@ LEGEND = (
     "TTFT: from sending the request to the first content delta, over the requests "
     "completed in the window; added = this row's percentile minus the direct call's",
     f"cpu-s/1k: user+system CPU seconds of that process tree (children included) per 1000 "
-    f"requests' worth of output ({TOKENS}000 tokens) in the window; loadgen = all clients",
+    f"requests' worth of output ({TOKENS}000 tokens) in the window; loadgen = all clients; "
+    "upstream = the mock OpenAI server behind the vllm engine (and LiteLLM)",
+    "path cpu-s/1k: what the target adds in front of the model: shim+gateway+sidecar through "
+    "the shim, gateway+sidecar through the gateway, LiteLLM through LiteLLM",
     "n: requests completed in the window (the TTFT sample size)",
     "errors: failed streams, streams without finished / end / [DONE], and streams with "
     f"other than {TOKENS} tokens, over warm-up, window and drain",
@@ -452,7 +541,7 @@ def findings(results: Sequence[ScenarioResult], clients: int) -> list[str]:
         + (f"Over 90 % in: {', '.join(saturated)}." if saturated else "None went over 90 %.")
     )
     for sr in results:
-        direct = [r for r in sr.runs if r.target == DIRECT]
+        direct = [r for r in sr.runs if r.target == sr.scenario.base]
         if not direct:
             continue
         top = direct[-1]
@@ -542,8 +631,11 @@ def render(
         ("Machine", f"nproc {nproc} ({_cpu_model()}), Python {platform.python_version()}"),
         (
             "Setup",
-            f"sim engine, one sidecar, gateway and shim with one worker each, {TOKENS} tokens "
-            f"a reply, {clients} load generator process(es)",
+            "engines: "
+            + ", ".join(sorted({sr.scenario.engine for sr in results}))
+            + " (vllm: the sidecar's vllm engine against bench.mock_openai); one sidecar, "
+            f"gateway and shim with one worker each, {TOKENS} tokens a reply, "
+            f"{clients} load generator process(es)",
         ),
     ]
     errors = error_lines(results) or ["none: every request ended with finished / end / [DONE]"]
@@ -621,8 +713,42 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="the sidecar's opt-in stream interval (0: off, the default)",
     )
+    parser.add_argument(
+        "--max-hold-ms",
+        type=float,
+        help="sidecar's and gateway's bound on the adaptive hold (default theirs: 50; 0: off)",
+    )
+    parser.add_argument(
+        "--engines",
+        default="sim,vllm",
+        help="scenarios to run: sim (the simulator), vllm (the vllm engine's HTTP client "
+        "against bench.mock_openai), comma-separated",
+    )
+    parser.add_argument(
+        "--latency",
+        default="zero,realistic",
+        help="zero (no delay), realistic (50 ms to the first token, 10 ms between), or both",
+    )
+    parser.add_argument(
+        "--litellm",
+        metavar="LITELLM",
+        help="a litellm executable (its own virtualenv: make bench-litellm): adds a LiteLLM "
+        "proxy in front of the same upstream to the vllm-engine scenarios",
+    )
+    parser.add_argument(
+        "--vllm-http-client",
+        choices=("lean", "httpx"),
+        help="the vllm engine's streaming client (default: the engine's, lean)",
+    )
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write Markdown here")
     args = parser.parse_args(argv)
+    engines = set(args.engines.split(","))
+    latencies = set(args.latency.split(","))
+    scenarios = [
+        s
+        for s in SCENARIOS
+        if s.engine in engines and ("zero" if s.ttft_ms == 0 else "realistic") in latencies
+    ]
     duration = args.duration or (2.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.75 if args.quick else 1.0)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -631,10 +757,11 @@ def main(argv: list[str] | None = None) -> None:
     pool = ClientPool(args.clients)
     results = []
     try:
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             result = run_scenario(
                 pool, scenario, concurrencies, warmup, duration,
                 args.gateway_workers, args.shim_workers, args.stream_interval_ms,
+                args.max_hold_ms, args.litellm, args.vllm_http_client,
             )  # fmt: skip
             results.append(result)
     finally:

@@ -126,9 +126,17 @@ class StackPlan:
     gateway_metrics_port: int | None = None
     shim_metrics_port: int | None = None
     fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The routing file's `resilience:` section (timeouts, streaming...); empty: defaults.
+    resilience: Mapping[str, object] = field(default_factory=dict)
 
     def gateway_config(self) -> dict[str, object]:
         """The gateway routing file for these models."""
+        config = self._models_config()
+        if self.resilience:
+            config["resilience"] = dict(self.resilience)
+        return config
+
+    def _models_config(self) -> dict[str, object]:
         return {
             "models": [
                 {

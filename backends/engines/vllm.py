@@ -11,7 +11,9 @@ from vLLM's own ``/health`` and ``/metrics``, polled in the background
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,6 +24,12 @@ from backends.engine import (
     EngineRequest,
     EngineUnavailable,
     LoadReport,
+)
+from backends.engines.http_stream import (
+    ConnectFailed,
+    HttpStreamError,
+    HttpStreamPool,
+    IdleTimeout,
 )
 from backends.engines.vllm_monitor import VllmMonitor
 from backends.engines.vllm_protocol import StreamParser, chat_body, error_from_response
@@ -48,6 +56,11 @@ class VllmConfig(BaseModel):
     # prompt's prefill on a CPU can take a while, a wedged vLLM must not hang us.
     idle_timeout_s: float = Field(default=300.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0, description="/health and /metrics period.")
+    http_client: Literal["lean", "httpx"] = Field(
+        default="lean",
+        description="The streaming client: 'lean' (backends.engines.http_stream, httptools in an "
+        "asyncio protocol) or 'httpx' (kept to measure against; see BENCHMARK.md).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -63,6 +76,7 @@ class VllmEngine:
     def __init__(self, config: VllmConfig) -> None:
         self.config = config
         self._client: httpx.AsyncClient | None = None
+        self._pool: HttpStreamPool | None = None
         self._monitor_client: httpx.AsyncClient | None = None
         self._monitor: VllmMonitor | None = None
         self._traced = tracing_enabled()
@@ -70,6 +84,9 @@ class VllmEngine:
     async def start(self) -> None:
         """Open the connection pools and start watching vLLM (it may still be loading)."""
         cfg = self.config
+        self._pool = HttpStreamPool(
+            cfg.url, cfg.max_connections, cfg.connect_timeout_s, cfg.idle_timeout_s
+        )
         self._client = httpx.AsyncClient(
             base_url=cfg.url,
             limits=httpx.Limits(
@@ -89,6 +106,8 @@ class VllmEngine:
         """Stop watching and close every connection (open streams are aborted)."""
         if self._monitor is not None:
             await self._monitor.stop()
+        if self._pool is not None:
+            await self._pool.close()
         for client in (self._client, self._monitor_client):
             if client is not None:
                 await client.aclose()
@@ -111,8 +130,8 @@ class VllmEngine:
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Stream vLLM's answer; closing this generator aborts the request in vLLM."""
-        client, monitor = self._client, self._monitor
-        if client is None or monitor is None:
+        monitor = self._monitor
+        if self._pool is None or monitor is None:
             raise EngineUnavailable("the vLLM engine is not started")
         model = monitor.served_model
         if model is None:
@@ -122,29 +141,67 @@ class VllmEngine:
         # W3C traceparent on to vLLM, which continues the trace when it was
         # started with --otlp-traces-endpoint.
         headers = inject_headers(dict(_HEADERS)) if self._traced else _HEADERS
+        chunks = self._chunks_httpx if self.config.http_client == "httpx" else self._chunks_lean
+        buffer = b""
+        # Leaving this block for any reason, including GeneratorExit or CancelledError
+        # at a yield, closes the response and its connection: that disconnect is what
+        # makes vLLM abort the request.
+        async with aclosing(chunks(body, headers)) as stream:
+            async for data in stream:
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"data: "):
+                        event = parser.feed(line[6:].rstrip(b"\r"))
+                        if event is None:
+                            continue
+                        if type(event) is tuple:  # several choices in one chunk
+                            for each in event:
+                                yield each
+                        else:
+                            yield event  # type: ignore[misc]
+        yield parser.finished()
+
+    async def _chunks_lean(
+        self, body: bytes, headers: dict[str, str]
+    ) -> AsyncGenerator[bytes, None]:
+        """The streamed body of ``POST /v1/chat/completions``, as it arrives."""
+        pool = self._pool
+        assert pool is not None
         try:
-            # Leaving this block for any reason, including GeneratorExit or
-            # CancelledError at a yield, closes the response and its connection:
-            # that disconnect is what makes vLLM abort the request.
+            response = await pool.request("POST", "/v1/chat/completions", body, headers)
+        except ConnectFailed as error:
+            raise EngineUnavailable(f"vLLM at {self.config.url} is unreachable: {error}") from None
+        except HttpStreamError as error:
+            raise EngineFailed(f"vLLM's answer broke: {error}") from None
+        try:
+            if response.status != 200:
+                raise error_from_response(response.status, await response.read())
+            next_chunk = response.next_chunk
+            while (data := await next_chunk()) is not None:
+                yield data
+        except IdleTimeout:
+            raise EngineFailed(f"vLLM sent nothing for {self.config.idle_timeout_s:.0f}s") from None
+        except HttpStreamError as error:
+            # The connection broke mid-answer (vLLM died or restarted).
+            raise EngineFailed(f"vLLM's stream broke: {error}") from None
+        finally:
+            response.close()
+
+    async def _chunks_httpx(
+        self, body: bytes, headers: dict[str, str]
+    ) -> AsyncGenerator[bytes, None]:
+        """The same with httpx (the client this engine used first; kept to compare)."""
+        client = self._client
+        assert client is not None
+        try:
             async with client.stream(
                 "POST", "/v1/chat/completions", content=body, headers=headers
             ) as response:
                 if response.status_code != 200:
                     raise error_from_response(response.status_code, await response.aread())
-                buffer = b""
                 async for data in response.aiter_bytes():
-                    buffer += data
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if line.startswith(b"data: "):
-                            event = parser.feed(line[6:].rstrip(b"\r"))
-                            if event is None:
-                                continue
-                            if type(event) is tuple:  # several choices in one chunk
-                                for each in event:
-                                    yield each
-                            else:
-                                yield event  # type: ignore[misc]
+                    yield data
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             raise EngineUnavailable(
                 f"vLLM at {self.config.url} is unreachable: {error!r}"
@@ -154,4 +211,3 @@ class VllmEngine:
         except httpx.HTTPError as error:
             # The connection broke mid-answer (vLLM died or restarted).
             raise EngineFailed(f"vLLM's stream broke: {error!r}") from None
-        yield parser.finished()
