@@ -61,7 +61,7 @@ async def serve(args: SidecarSettings, engine: Engine) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await sidecar.stop(grace=2.0)
+    await sidecar.stop(grace=args.shutdown_grace_s)
 
 
 def main(argv: list[str] | None = None) -> None:

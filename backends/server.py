@@ -24,6 +24,8 @@ SERVICE_NAME = backend_pb2.DESCRIPTOR.services_by_name["BackendService"].full_na
 # How often the engine's readiness is copied into grpc.health.v1. The engine
 # answers ready() from state it keeps itself, so this is cheap.
 HEALTH_POLL_S = 0.25
+# Shutdown does not wait longer than this for the engine to release its resources.
+ENGINE_CLOSE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("llmgw.sidecar")
 
@@ -40,7 +42,9 @@ class RunningSidecar:
     pace: LoopLagPace | None = None
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Say NOT_SERVING, stop serving, then release the engine."""
+        """Say NOT_SERVING, refuse new calls, let streams finish for up to ``grace``
+        seconds, then end the rest with an error status and release the engine
+        (bounded too: an engine that hangs on close is left behind, logged)."""
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_task
@@ -48,7 +52,10 @@ class RunningSidecar:
         await self.server.stop(grace)
         if self.pace is not None:
             await self.pace.close()
-        await self.engine.close()
+        try:
+            await asyncio.wait_for(self.engine.close(), ENGINE_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.error("engine did not close within %ss; exiting anyway", ENGINE_CLOSE_TIMEOUT_S)
 
 
 async def _set_health(servicer: health.aio.HealthServicer, serving: bool) -> None:

@@ -56,6 +56,13 @@ class SidecarSettings(BaseSettings):
         "cut off (the engine's request is aborted).",
     )
 
+    shutdown_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="On SIGTERM, time streams in flight get to finish before they are ended "
+        "with an error status (health says NOT_SERVING at once).",
+    )
+
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, name: str) -> str:

@@ -19,6 +19,7 @@ from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
 from rest_shim.auth_guard import AuthGuard, gateway_metadata
 from rest_shim.decoding import BodyDecoder, decode_chat
+from rest_shim.drain import DrainMiddleware, is_draining
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.headers import add_cors
 from rest_shim.metrics import MetricsMiddleware
@@ -142,6 +143,7 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
             request_id_of(request.scope),
         )
 
+    app.add_middleware(DrainMiddleware)  # innermost: answers what the shutdown cuts off
     if settings.require_api_key:
         # Inside the metrics middleware, so refusals are counted too.
         app.add_middleware(AuthGuard, max_bytes=settings.max_api_key_bytes)
@@ -215,6 +217,8 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
+        if is_draining(request.scope):
+            return json_response({"status": "shutting down"}, status_code=503)
         gateway: GatewayClient = request.app.state.gateway
         try:
             answer = await gateway.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)

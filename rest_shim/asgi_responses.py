@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from llmgw.v1 import chat_pb2 as pb
 from rest_shim import request_id
+from rest_shim.drain import SHUTTING_DOWN, is_draining
 from rest_shim.errors import ApiError, from_grpc_error
 from rest_shim.render import completion_json
 from rest_shim.sse import DONE, KEEPALIVE, ChunkEncoder, error_event
@@ -207,6 +208,9 @@ class CompletionStreamResponse(Response):
         except asyncio.CancelledError:
             if watcher.done():
                 return  # the client left; the gateway call is already cancelled
+            if is_draining(scope):  # cut off at the end of the shutdown grace: say so
+                await self._fail(send, SHUTTING_DOWN, started)
+                return
             raise
         except Exception:
             # Whatever went wrong, the client must see an error, never a

@@ -125,10 +125,11 @@ class AuthGuard:
 
 
 async def _refuse(send: Send, error: ApiError, close: bool) -> None:
-    headers = [(b"content-type", b"application/json")]
+    body = error.body()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers.extend((k.encode(), v.encode()) for k, v in error.headers().items())
     if close:
         # Do not read (or make the client send) a body nobody will look at.
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": error.body()})
+    await send({"type": "http.response.body", "body": body})

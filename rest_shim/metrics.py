@@ -11,6 +11,7 @@ import time
 from functools import cache
 
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ROUTES = frozenset({"/v1/chat/completions", "/v1/models", "/v1/usage", "/healthz", "/readyz"})
@@ -78,6 +79,10 @@ class MetricsMiddleware:
         m.inflight.inc()
         try:
             await self.app(scope, receive, recording_send)
+        except ClientDisconnect:
+            # The client left while sending its body: nobody to answer, nothing to log
+            # (counted as 499 below).
+            pass
         except Exception:
             # Starlette's outermost error middleware answers 500 after we see the
             # exception go by: count it as the 500 the client gets, not as a 499.

@@ -42,6 +42,26 @@ class ShimSettings(BaseSettings):
         description="Comma-separated origins browsers may call from (CORS), '*' for any; "
         "empty: CORS off.",
     )
+    # Connection limits and timeouts (rest_shim/http_protocol.py) and shutdown (drain.py).
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Request line and headers, at most (431 above)."
+    )
+    max_headers: int = Field(default=100, ge=8, description="Header fields, at most (431 above).")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time a client has to send its headers (then 408)."
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="Time a client has to send its body (then 408)."
+    )
+    keepalive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM, time requests in flight get to finish; then streams end "
+        "with an SSE error event.",
+    )
     log_level: str = "info"
     metrics_listen: str = Field(
         default="127.0.0.1:9102",

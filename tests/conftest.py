@@ -18,8 +18,8 @@ from gateway.server import RunningGateway, start_gateway
 from gateway.tenancy.runtime import TenancyOptions
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
-from rest_shim.app import create_app
 from rest_shim.settings import ShimSettings
+from rest_shim.worker import shim_server
 
 # A well-formed credential for shims in front of a keyless gateway: the shim refuses
 # /v1/ calls without one before reading the body; the gateway without tenants ignores it.
@@ -130,9 +130,9 @@ class Shim:
 
 async def start_shim(gateway_address: str, **settings: object) -> tuple[Shim, asyncio.Task[None]]:
     port = free_port()
-    app = create_app(ShimSettings(port=port, gateway=gateway_address, **settings))  # type: ignore[arg-type]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    settings.setdefault("log_level", "warning")
+    # The server a shim process runs (header limits, timeouts, bounded shutdown).
+    server = shim_server(ShimSettings(port=port, gateway=gateway_address, **settings))  # type: ignore[arg-type]
     task = asyncio.create_task(server.serve())
     await wait_until(lambda: server.started, timeout=10)
     return Shim(f"http://127.0.0.1:{port}", server), task
