@@ -209,7 +209,7 @@ class CompletionStreamResponse(Response):
             if watcher.done():
                 return  # the client left; the gateway call is already cancelled
             if is_draining(scope):  # cut off at the end of the shutdown grace: say so
-                await self._fail(send, SHUTTING_DOWN, started)
+                await self._fail(send, SHUTTING_DOWN, started, scope)
                 return
             raise
         except Exception:
