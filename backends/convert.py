@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from backends.engine import (
     ChoiceEvent,
+    EmbedRequest,
     EngineMessage,
     EngineRejectedRequest,
     EngineRequest,
@@ -161,8 +162,11 @@ def _double(s: pb.SamplingParams, name: str) -> float | None:
 def to_engine_request(request: pb.GenerateRequest) -> EngineRequest:
     """Convert the wire request; raise EngineRejectedRequest on a malformed one."""
     messages = [_message(i, m) for i, m in enumerate(request.messages)]
-    if not messages:
+    prompt = request.prompt if request.HasField("prompt") else None
+    if prompt is None and not messages:
         raise EngineRejectedRequest("at least one message is required")
+    if prompt is not None and messages:
+        raise EngineRejectedRequest("a request has either messages or a prompt")
     s = request.sampling
     if s.max_tokens < 0:
         raise EngineRejectedRequest("max_tokens must be at least 1", field="sampling.max_tokens")
@@ -189,6 +193,26 @@ def to_engine_request(request: pb.GenerateRequest) -> EngineRequest:
         response_format=_response_format(request),
         reasoning_effort=_EFFORTS.get(request.reasoning_effort),
         extras=struct_to_json(request.engine_extras) if request.HasField("engine_extras") else None,
+        prompt=prompt,
+    )
+
+
+def to_embed_request(request: pb.EmbedRequest) -> EmbedRequest:
+    """Convert the wire request; raise EngineRejectedRequest on a malformed one."""
+    inputs: list[str | tuple[int, ...]] = []
+    for i, item in enumerate(request.inputs):
+        kind = item.WhichOneof("input")
+        value: str | tuple[int, ...] = tuple(item.tokens.ids) if kind == "tokens" else item.text
+        if not value:
+            raise EngineRejectedRequest("an input must not be empty", field=f"input[{i}]")
+        inputs.append(value)
+    if not inputs:
+        raise EngineRejectedRequest("at least one input is required", field="input")
+    return EmbedRequest(
+        request_id=request.request_id,
+        model=request.model,
+        inputs=inputs,
+        dimensions=request.dimensions if request.HasField("dimensions") else None,
     )
 
 

@@ -66,6 +66,27 @@ class EngineRequest:
     reasoning_effort: str | None = None
     # Engine-specific fields (vLLM's top_k, min_p, ...), forwarded unchanged.
     extras: JsonObject | None = None
+    # A raw prompt continued as written, no chat template (legacy completions);
+    # set exactly when messages is empty.
+    prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """One embedding request: texts or token ids, already validated by the gateway."""
+
+    request_id: str
+    model: str
+    inputs: Sequence[str | Sequence[int]]
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in input order, and the tokens read."""
+
+    vectors: Sequence[Sequence[float]]
+    prompt_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +195,10 @@ class Engine(Protocol):
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Stream deltas, then exactly one Finished; or raise EngineError."""
+        ...
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Embed every input; raise EngineRejectedRequest if the engine does not embed."""
         ...
 
     def load(self) -> LoadReport:

@@ -16,7 +16,16 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from backends.engine import Engine, EngineError, EngineEvent, EngineRequest, Finished, LoadReport
+from backends.engine import (
+    Embeddings,
+    EmbedRequest,
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineRequest,
+    Finished,
+    LoadReport,
+)
 
 _TRACER = trace.get_tracer("llmgw.sidecar")
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -139,3 +148,20 @@ class MeteredEngine:
                 raise
             finally:
                 m.requests.labels(model, outcome).inc()
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Embed through the wrapped engine, recording the outcome and the span."""
+        outcome = "cancelled"
+        with _TRACER.start_as_current_span("llmgw.engine/embed", kind=SpanKind.INTERNAL) as span:
+            span.set_attribute("gen_ai.request.model", request.model or self._model)
+            span.set_attribute("llmgw.request_id", request.request_id)
+            try:
+                result = await self._engine.embed(request)
+                outcome = "ok"
+                span.set_attribute("gen_ai.usage.input_tokens", result.prompt_tokens)
+                return result
+            except EngineError as error:
+                outcome = error.reason
+                raise
+            finally:
+                self._metrics.requests.labels(self._model, outcome).inc()

@@ -7,7 +7,7 @@ from contextlib import aclosing
 
 import grpc
 
-from backends.convert import FINISH, to_choice_message
+from backends.convert import FINISH, to_choice_message, to_embed_request
 from backends.convert import to_engine_request as to_engine_request
 from backends.engine import (
     ChoiceEvent,
@@ -138,6 +138,20 @@ class BackendServicer(pb_grpc.BackendServiceServicer):
                         yield message
         except EngineError as error:
             await context.abort_with_status(engine_error_status(error))
+
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        """Embed every input with the engine."""
+        try:
+            result = await self._engine.embed(to_embed_request(request))
+        except EngineError as error:
+            await context.abort_with_status(engine_error_status(error))
+            raise AssertionError("unreachable: abort_with_status raises") from None
+        return pb.EmbedResponse(
+            embeddings=[pb.EmbedVector(values=v) for v in result.vectors],
+            prompt_tokens=result.prompt_tokens,
+        )
 
     async def GetLoad(
         self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext

@@ -1,6 +1,7 @@
 """Run the whole gateway locally on the sim engine: ``python -m devstack``.
 
-Two sidecars (a small and a large model), the gateway on 127.0.0.1:50051
+Three sidecars (a small and a large generating model, and an embedding
+model), the gateway on 127.0.0.1:50051
 and the OpenAI REST shim on 127.0.0.1:8080. No Docker, no Redis: limits
 and metering are in memory, with the demo tenant (DEMO_KEY, loopback only).
 Ctrl-C stops everything.
@@ -24,19 +25,25 @@ DEMO_KEY = "llmgw_00000000de30_demo-only-not-a-secret-local-use"
 # Latencies of the demo: a fast small model and a slower large one.
 SMALL = {"ttft_ms": 40, "itl_ms": 8, "output_tokens": 48, "max_concurrency": 64}
 LARGE = {"ttft_ms": 150, "itl_ms": 25, "output_tokens": 96, "max_concurrency": 16}
+# The embedding model: 384-dimensional vectors, like all-MiniLM-L6-v2.
+EMBED = {"ttft_ms": 5, "max_concurrency": 64, "embedding_dimensions": 384}
+EMBED_PORT = 50063
 
 
-# /metrics of the gateway, the shim and the two sidecars.
-METRICS_PORTS = (9101, 9102, 9111, 9112)
+# /metrics of the gateway, the shim and the sidecars (small, large, embedding).
+METRICS_PORTS = (9101, 9102, 9111, 9112, 9113)
 
 
 def default_plan(
     rest_port: int = 8080,
     grpc_port: int = 50051,
     sidecar_ports: tuple[int, int] = (50061, 50062),
-    metrics: tuple[int | None, int | None, int | None, int | None] = METRICS_PORTS,
+    metrics: tuple[int | None, ...] = METRICS_PORTS,
+    embedding_port: int = EMBED_PORT,
 ) -> StackPlan:
-    """The embedded default: sim-small-1b and sim-large-70b (which falls back to the small)."""
+    """The embedded default: sim-small-1b, sim-large-70b (which falls back to the
+    small) and the embedding model sim-embed."""
+    metrics = (*metrics, *(None,) * (5 - len(metrics)))
     return StackPlan(
         models=[
             SimModel("sim-small-1b", "small", sidecar_ports[0], SMALL, metrics_port=metrics[2]),
@@ -48,6 +55,14 @@ def default_plan(
                 512,
                 8192,
                 metrics_port=metrics[3],
+            ),
+            SimModel(
+                "sim-embed",
+                "embed",
+                embedding_port,
+                EMBED,
+                metrics_port=metrics[4],
+                kind="embedding",
             ),
         ],
         grpc_port=grpc_port,
@@ -81,6 +96,8 @@ OpenAI SDK (Python):
   client = OpenAI(base_url="{rest}/v1", api_key="{DEMO_KEY}")
   print(client.chat.completions.create(model="{model}",
         messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)
+  print(client.completions.create(model="{model}", prompt="Once upon a time").choices[0].text)
+  print(client.embeddings.create(model="sim-embed", input=["hello", "world"]).data[0].embedding[:4])
 
 grpcurl (server reflection is on):
   {grpcurl} -plaintext {grpc_addr} list
@@ -100,19 +117,20 @@ def main(argv: list[str] | None = None) -> None:
         "--sidecar-ports", default="50061,50062", help="ports of the small and large sidecars"
     )
     parser.add_argument(
+        "--embedding-port", type=int, default=EMBED_PORT, help="port of the embedding sidecar"
+    )
+    parser.add_argument(
         "--metrics-ports",
         default=",".join(map(str, METRICS_PORTS)),
-        help="/metrics ports of gateway, shim, small and large sidecars ('' turns them off)",
+        help="/metrics ports of gateway, shim, small, large and embedding sidecars "
+        "('' turns them off; missing ones are off)",
     )
     parser.add_argument("--gateway-workers", type=int, default=1)
     parser.add_argument("--shim-workers", type=int, default=1)
     args = parser.parse_args(argv)
     small, large = (int(p) for p in args.sidecar_ports.split(","))
-    ports: list[int | None] = [int(p) for p in args.metrics_ports.split(",") if p]
-    ports += [None] * (4 - len(ports))
-    plan = default_plan(
-        args.rest_port, args.grpc_port, (small, large), (ports[0], ports[1], ports[2], ports[3])
-    )
+    ports = tuple(int(p) for p in args.metrics_ports.split(",") if p)
+    plan = default_plan(args.rest_port, args.grpc_port, (small, large), ports, args.embedding_port)
     plan.gateway_workers = args.gateway_workers
     plan.shim_workers = args.shim_workers
     plan.extra_env["LLMGW_GATEWAY_TENANTS"] = str(DEMO_TENANTS)

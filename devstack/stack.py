@@ -51,6 +51,11 @@ class ModelPlan(Protocol):
         ...
 
     @property
+    def kind(self) -> str:
+        """``chat`` (generates text) or ``embedding``."""
+        ...
+
+    @property
     def default_max_tokens(self) -> int | None:
         """max_tokens when a request sets none; None: up to the model's limit."""
         ...
@@ -81,6 +86,7 @@ class SimModel:
     max_output_tokens: int = 4096
     metrics_port: int | None = None
     stream_interval_ms: float = 0.0
+    kind: str = "chat"
 
     def processes(self, host: str) -> list[ProcessSpec]:
         """One sidecar on the sim engine."""
@@ -146,6 +152,7 @@ class StackPlan:
                     "default_max_tokens": m.default_max_tokens,
                     "max_output_tokens": m.max_output_tokens,
                     "fallbacks": list(self.fallbacks.get(m.name, ())),
+                    "kind": m.kind,
                 }
                 for m in self.models
             ]
@@ -306,7 +313,8 @@ def _is_ready(target: str) -> bool:
 def wait_models_answer(
     plan: StackPlan, timeout_s: float, progress: bool = False, api_key: str | None = None
 ) -> None:
-    """Block until each model answers a one-token completion through the shim, itself.
+    """Block until each model answers a one-token completion (an embedding model: one
+    vector) through the shim, itself.
 
     A sidecar turning SERVING is not the end: the gateway readmits an endpoint
     after a few good health checks, and until then its requests go to a
@@ -314,11 +322,17 @@ def wait_models_answer(
     the whole path.
     """
     deadline = time.monotonic() + timeout_s
-    url = f"http://{plan.host}:{plan.rest_port}/v1/chat/completions"
+    base = f"http://{plan.host}:{plan.rest_port}/v1"
     for m in plan.models:
-        body = json.dumps(
-            {"model": m.name, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
-        ).encode()
+        payload: dict[str, object]
+        if m.kind == "embedding":
+            url, payload = f"{base}/embeddings", {"model": m.name, "input": "Hi"}
+        else:
+            url = f"{base}/chat/completions"
+            payload = {
+                "model": m.name, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]
+            }  # fmt: skip
+        body = json.dumps(payload).encode()
         while True:
             headers = {"content-type": "application/json"}
             if api_key:

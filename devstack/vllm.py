@@ -61,6 +61,7 @@ class VllmModel:
     max_output_tokens: int = 1024
     fallbacks: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    kind: str = "chat"
 
     def processes(self, host: str) -> list[ProcessSpec]:
         """The vLLM server, then its sidecar (which waits for it, NOT_SERVING meanwhile)."""

@@ -51,6 +51,10 @@ class ModelConfig(BaseModel):
         default=None, description="Name the engine knows the model by; defaults to name."
     )
     owned_by: str = "llmgw"
+    kind: Literal["chat", "embedding"] = Field(
+        default="chat",
+        description="chat: generates text (chat and completions); embedding: returns vectors.",
+    )
     default_max_tokens: int | None = Field(
         default=None,
         ge=1,
@@ -229,6 +233,12 @@ class GatewayConfig(BaseModel):
                     )
                 if fallback == model.name:
                     raise ValueError(f"model {model.name!r} cannot fall back to itself")
+                kind = next(m.kind for m in self.models if m.name == fallback)
+                if kind != model.kind:
+                    raise ValueError(
+                        f"model {model.name!r} ({model.kind}) cannot fall back to "
+                        f"{fallback!r} ({kind})"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -36,16 +36,31 @@ from gateway.telemetry import (
 from gateway.tenancy.runtime import Tenancy, TenancyOptions, build_tenancy
 from gateway.transport.admin_servicer import AdminServicer
 from gateway.transport.auth import AuthInterceptor
+from gateway.transport.completions_servicer import CompletionServicer
+from gateway.transport.embeddings_servicer import EmbeddingServicer
 from gateway.transport.request_limits import RequestLimitsInterceptor
 from gateway.transport.servicer import ChatServicer, ModelServicer
 from gateway.transport.usage_servicer import UsageServicer
 from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
-from llmgw.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
+from llmgw.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    completions_pb2,
+    completions_pb2_grpc,
+    embeddings_pb2,
+    embeddings_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 # The public API's services (request list sizes are capped on these).
 PUBLIC_SERVICES = (
-    *(s.full_name for s in chat_pb2.DESCRIPTOR.services_by_name.values()),
+    *(
+        s.full_name
+        for module in (chat_pb2, completions_pb2, embeddings_pb2)
+        for s in module.DESCRIPTOR.services_by_name.values()
+    ),
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 )
 
@@ -178,6 +193,16 @@ async def start_gateway(
             _service(chat_pb2, "ModelService"),
             chat_pb2_grpc.add_ModelServiceServicer_to_server,
             ModelServicer(service, int(time.time())),
+        ),
+        Registration(
+            _service(completions_pb2, "CompletionService"),
+            completions_pb2_grpc.add_CompletionServiceServicer_to_server,
+            CompletionServicer(service),
+        ),
+        Registration(
+            _service(embeddings_pb2, "EmbeddingService"),
+            embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server,
+            EmbeddingServicer(service),
         ),
     ]
     if tenants is not None:

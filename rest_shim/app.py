@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
-import orjson
 from fastapi import FastAPI, Request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,33 +15,22 @@ from common.grpcutil.server import CHANNEL_OPTIONS
 from common.observability.tracing import grpc_client_interceptors
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
+from llmgw.v1 import completions_pb2_grpc, embeddings_pb2_grpc
 from rest_shim.asgi_responses import CompletionResponse, CompletionStreamResponse, ErrorResponse
-from rest_shim.auth_guard import AuthGuard, gateway_metadata
+from rest_shim.auth_guard import AuthGuard
+from rest_shim.completions import router as completions_router
 from rest_shim.decoding import BodyDecoder, decode_chat
 from rest_shim.drain import DrainMiddleware, is_draining
-from rest_shim.errors import ApiError, from_grpc_error
+from rest_shim.embeddings import router as embeddings_router
+from rest_shim.errors import ApiError
 from rest_shim.headers import add_cors
+from rest_shim.http import forwarded_metadata, json_response, read_body
 from rest_shim.metrics import MetricsMiddleware
+from rest_shim.models import router as models_router
 from rest_shim.request_id import RequestIdMiddleware, request_id_of
 from rest_shim.request_limits import RequestLimits
 from rest_shim.settings import ShimSettings
 from rest_shim.usage import router as usage_router
-
-# Headers forwarded to the gateway as gRPC metadata besides the credential
-# (x-session-id keeps a conversation on one replica for its prefix cache).
-_FORWARDED_HEADERS = ("x-session-id",)
-
-
-def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
-    """The credential, the other forwarded headers that gRPC metadata can carry, and
-    the request id (the gateway logs it)."""
-    forwarded = tuple(
-        (h, v)
-        for h in _FORWARDED_HEADERS
-        if (v := request.headers.get(h)) is not None and v.isascii() and v.isprintable()
-    )
-    request_id = ("x-request-id", request_id_of(request.scope))
-    return (*gateway_metadata(request), *forwarded, request_id)
 
 
 class GatewayClient:
@@ -54,33 +42,9 @@ class GatewayClient:
         )
         self.chat = pb_grpc.ChatServiceStub(self.channel)
         self.models = pb_grpc.ModelServiceStub(self.channel)
+        self.completions = completions_pb2_grpc.CompletionServiceStub(self.channel)
+        self.embeddings = embeddings_pb2_grpc.EmbeddingServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes of body; 413 beyond, before reading it all."""
-    declared = request.headers.get("content-length")
-    too_large = ApiError(
-        413,
-        f"Request body too large: the limit is {limit} bytes.",
-        "invalid_request_error",
-        code="request_too_large",
-    )
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def json_response(data: object, status_code: int = 200) -> Response:
-    """JSON via orjson (FastAPI's own encoder is not needed for these fixed shapes)."""
-    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
 def create_app(settings: ShimSettings | None = None) -> FastAPI:
@@ -153,13 +117,17 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
     )
     add_cors(app, settings.cors_origins)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
+    # Read by the route modules: settings, caps and the body decoder of the process.
+    app.state.settings = settings
+    app.state.limits = limits
+    app.state.decoder = decoder
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         raw = await read_body(request, settings.max_body_bytes)
         body, params = await decoder.run(decode_chat, raw, limits)
         gateway: GatewayClient = request.app.state.gateway
-        metadata = _metadata(request)
+        metadata = forwarded_metadata(request)
         timeout = settings.request_timeout_s
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -190,25 +158,9 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
             logprobs=bool(body.logprobs),
         )
 
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> Response:
-        gateway: GatewayClient = request.app.state.gateway
-        try:
-            listed = await gateway.models.ListModels(
-                pb.ListModelsRequest(), metadata=_metadata(request), timeout=10
-            )
-        except grpc.aio.AioRpcError as error:
-            return ErrorResponse(from_grpc_error(error), request_id_of(request.scope))
-        return json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
-                    for m in listed.models
-                ],
-            }
-        )
-
+    app.include_router(models_router)
+    app.include_router(completions_router)
+    app.include_router(embeddings_router)
     app.include_router(usage_router)
 
     @app.get("/healthz")

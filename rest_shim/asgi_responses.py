@@ -27,12 +27,12 @@ from rest_shim.sse import DONE, KEEPALIVE, ChunkEncoder, error_event
 
 log = logging.getLogger("llmgw.shim")
 
-_SSE_HEADERS = [
+SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
@@ -42,7 +42,7 @@ async def _wait_for_disconnect(receive: Receive) -> None:
             return
 
 
-def _watch(receive: Receive, call: grpc.aio.Call) -> asyncio.Task[None]:
+def watch_disconnect(receive: Receive, call: grpc.aio.Call) -> asyncio.Task[None]:
     """Cancel ``call`` as soon as the client disconnects."""
     task = asyncio.create_task(_wait_for_disconnect(receive))
     task.add_done_callback(lambda t: None if t.cancelled() else call.cancel())
@@ -52,7 +52,7 @@ def _watch(receive: Receive, call: grpc.aio.Call) -> asyncio.Task[None]:
 async def send_error(send: Send, error: ApiError, scope: Scope) -> None:
     """Answer an OpenAI error JSON with its status and headers."""
     headers = [
-        *_JSON_HEADERS,
+        *JSON_HEADERS,
         request_id.header(scope),
         *((k.encode(), v.encode()) for k, v in error.headers().items()),
     ]
@@ -81,7 +81,8 @@ _ROUTING_KEYS = frozenset({"x-llmgw-model", "x-llmgw-backend"})
 RATELIMIT_PREFIX = "x-ratelimit-"
 
 
-def _routing_headers(metadata: Any) -> list[tuple[bytes, bytes]]:
+def routing_headers(metadata: Any) -> list[tuple[bytes, bytes]]:
+    """The gateway's routing and rate-limit metadata as HTTP headers."""
     return [
         (key.encode(), value.encode())
         for key, value in (metadata or ())
@@ -102,10 +103,10 @@ class CompletionResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer once the completion is whole; cancel it if the client leaves."""
         call = self._start_call()
-        watcher = _watch(receive, call)
+        watcher = watch_disconnect(receive, call)
         try:
             response: pb.CreateChatCompletionResponse = await call
-            routing = _routing_headers(await call.initial_metadata())
+            routing = routing_headers(await call.initial_metadata())
         except grpc.aio.AioRpcError as error:
             await send_error(send, from_grpc_error(error), scope)
             return
@@ -120,7 +121,7 @@ class CompletionResponse(Response):
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_JSON_HEADERS, request_id.header(scope), *routing],
+                "headers": [*JSON_HEADERS, request_id.header(scope), *routing],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -152,7 +153,7 @@ class CompletionStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Relay the stream; cancel the gateway call as soon as the client leaves."""
         call = self._start_call()
-        watcher = _watch(receive, call)
+        watcher = watch_disconnect(receive, call)
         started = False
         pending: asyncio.Future[Any] = asyncio.ensure_future(call.read())
         try:
@@ -161,7 +162,7 @@ class CompletionStreamResponse(Response):
             # clients do not drop an idle connection.
             while not (await asyncio.wait({pending}, timeout=self._keepalive_s))[0]:
                 if not started:
-                    headers = [*_SSE_HEADERS, request_id.header(scope)]
+                    headers = [*SSE_HEADERS, request_id.header(scope)]
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                     started = True
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
@@ -178,8 +179,8 @@ class CompletionStreamResponse(Response):
                 logprobs=self._logprobs,
             )
             if not started:
-                headers = [*_SSE_HEADERS, request_id.header(scope)]
-                headers.extend(_routing_headers(await call.initial_metadata()))
+                headers = [*SSE_HEADERS, request_id.header(scope)]
+                headers.extend(routing_headers(await call.initial_metadata()))
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 started = True
             await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})

@@ -14,7 +14,19 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-ROUTES = frozenset({"/v1/chat/completions", "/v1/models", "/v1/usage", "/healthz", "/readyz"})
+ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/usage",
+        "/healthz",
+        "/readyz",
+    }
+)
+# Paths with a variable part, labelled by their template.
+MODEL_ROUTE = "/v1/models/{model}"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -62,7 +74,10 @@ class MetricsMiddleware:
             return
         m = self.metrics
         path = scope["path"]
-        route = path if path in ROUTES else "other"
+        if path in ROUTES:
+            route = path
+        else:
+            route = MODEL_ROUTE if path.startswith("/v1/models/") else "other"
         began = time.perf_counter()
         status = 0
         first_byte = False

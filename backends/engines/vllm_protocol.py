@@ -54,7 +54,8 @@ _PARAMS = {
 
 
 def chat_body(request: EngineRequest, model: str) -> bytes:
-    """The JSON body of a streamed chat completion for ``request``.
+    """The JSON body of a streamed chat completion for ``request`` (for a raw
+    prompt, of a streamed ``/v1/completions`` call: ``prompt`` instead of ``messages``).
 
     Usage is always requested, per chunk as well (``continuous_usage_stats``):
     the sidecar contract carries exact token counts in every delta and in the
@@ -89,6 +90,9 @@ def chat_body(request: EngineRequest, model: str) -> bytes:
     )
     if request.max_tokens is not None:  # unset: vLLM's default, the rest of the context
         body["max_tokens"] = request.max_tokens
+    if request.prompt is not None:  # /v1/completions: the raw prompt, no chat template
+        del body["messages"]
+        body["prompt"] = request.prompt
     if request.stop:
         body["stop"] = list(request.stop)
     for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
@@ -228,7 +232,9 @@ class StreamParser:
             self.reasons[index] = reason
             if index == 0:
                 self.finish_reason = reason
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if delta is None:  # /v1/completions streams `text` where chat streams `delta.content`
+            delta = {"content": choice.get("text")}
         # Plain text of the first choice: the common case, kept cheap.
         if (
             index == 0

@@ -11,8 +11,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.grpcutil.server import CHANNEL_OPTIONS
 from common.grpcutil.status import parse_status
 from common.observability.tracing import grpc_client_interceptors
-from gateway.adapters.backend_convert import to_backend_request, to_choice_delta
+from gateway.adapters.backend_convert import (
+    to_backend_request,
+    to_choice_delta,
+    to_embed_request,
+)
 from gateway.domain.chat import Finished, FinishReason, Generation, StreamEvent, Usage
+from gateway.domain.embedding import EmbeddingJob
 from gateway.errors import (
     BackendFailed,
     BackendTimeout,
@@ -109,6 +114,30 @@ class GrpcBackendClient:
             # Reached on normal end, on error, and when our caller is cancelled
             # or closes us: in every case the sidecar must stop generating.
             call.cancel()
+
+    async def embed(self, address: str, job: EmbeddingJob) -> AsyncGenerator[StreamEvent, None]:
+        """One Embed call, as a stream of one Finished carrying the vectors; closing
+        this iterator cancels the call."""
+        call = self._stub(address).Embed(to_embed_request(job))
+        try:
+            answer = await call
+        except grpc.aio.AioRpcError as error:
+            raise backend_error(error, address) from None
+        finally:
+            call.cancel()
+        if len(answer.embeddings) != len(job.inputs):
+            log.warning(
+                "backend %s returned %d vectors for %d inputs",
+                address,
+                len(answer.embeddings),
+                len(job.inputs),
+            )
+            raise BackendFailed("The model's backend returned a wrong number of vectors.")
+        yield Finished(
+            FinishReason.STOP,
+            Usage(answer.prompt_tokens, 0),
+            vectors=[list(v.values) for v in answer.embeddings],
+        )
 
     async def is_serving(self, address: str, timeout_s: float) -> bool:
         """grpc.health.v1 Check of the sidecar (its engine's readiness)."""

@@ -20,6 +20,7 @@ from gateway.domain.chat import (
     ToolChoiceMode,
     TopLogprob,
 )
+from gateway.domain.embedding import EmbeddingJob
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import generate_types_pb2 as tpb
 
@@ -141,6 +142,21 @@ def to_backend_request(generation: Generation) -> pb.GenerateRequest:
         sampling=sampling,
     )
     _add_features(request, generation.features)
+    if generation.prompt is not None:
+        request.prompt = generation.prompt
+    return request
+
+
+def to_embed_request(job: EmbeddingJob) -> pb.EmbedRequest:
+    """Convert an embedding job to the sidecar contract."""
+    request = pb.EmbedRequest(request_id=job.request_id, model=job.model)
+    for item in job.inputs:
+        if isinstance(item, str):
+            request.inputs.add(text=item)
+        else:
+            request.inputs.add(tokens=pb.EmbedTokenIds(ids=item))
+    if job.dimensions is not None:
+        request.dimensions = job.dimensions
     return request
 
 

@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.domain.chat import ChatRequest
+from gateway.domain.embedding import EmbeddingRequest
 from gateway.limits.limiter import Reservation
 from gateway.limits.ports import Decision
 
@@ -33,6 +35,18 @@ def estimate_tokens(chars: int) -> int:
 def estimate_prompt_tokens(message_chars: Iterable[int]) -> int:
     """Prompt tokens of messages of these lengths (an over-estimate on purpose)."""
     return sum(estimate_tokens(c) + TOKENS_PER_MESSAGE for c in message_chars) + 3
+
+
+def estimate_request_prompt(request: ChatRequest | EmbeddingRequest) -> int:
+    """Prompt tokens of a request: its messages, its raw prompt, or its embedding
+    inputs (a token id is a token)."""
+    if isinstance(request, EmbeddingRequest):
+        return sum(
+            estimate_tokens(len(i)) if isinstance(i, str) else len(i) for i in request.inputs
+        )
+    if request.prompt is not None:
+        return estimate_tokens(len(request.prompt)) + 1
+    return estimate_prompt_tokens(len(m.content) for m in request.messages)
 
 
 class Status(enum.Enum):

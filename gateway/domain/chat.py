@@ -1,4 +1,5 @@
-"""Chat completion requests and stream events, as the domain sees them."""
+"""Generation requests (chat, and raw-prompt completions) and stream events, as the
+domain sees them."""
 
 from __future__ import annotations
 
@@ -161,6 +162,9 @@ class ChatRequest:
     user: str = ""
     session_id: str = ""  # x-session-id: keeps a conversation on one replica (prefix cache)
     features: Features = NO_FEATURES
+    # A raw prompt (legacy completions) instead of messages: continued as
+    # written, no chat template. Exactly one of prompt and messages is given.
+    prompt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,7 @@ class Generation:
     presence_penalty: float | None
     frequency_penalty: float | None
     features: Features = NO_FEATURES
+    prompt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +201,17 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """The last event of a completed generation."""
+    """The last event of a completed generation.
+
+    An embedding call is a stream of no text and one Finished that carries
+    the vectors, so it goes through the same routing, retries and accounting.
+    """
 
     reason: FinishReason
     usage: Usage
     # Every choice's reason, by index, when n > 1 (``reason`` is choice 0's).
     choice_reasons: Sequence[FinishReason] = ()
+    vectors: Sequence[Sequence[float]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from gateway.domain.accounting import Grant, Spent
 from gateway.domain.chat import ChatRequest, Generation, StreamEvent
+from gateway.domain.embedding import EmbeddingJob, EmbeddingRequest
 from gateway.routing.registry import ModelRoute
 from gateway.tenancy.directory import Principal
 
@@ -16,6 +17,10 @@ class BackendPort(Protocol):
 
     def generate(self, address: str, generation: Generation) -> AsyncGenerator[StreamEvent, None]:
         """Stream text deltas then one Finished; raise GatewayError on failure."""
+        ...
+
+    def embed(self, address: str, job: EmbeddingJob) -> AsyncGenerator[StreamEvent, None]:
+        """Yield one Finished carrying the vectors; raise GatewayError on failure."""
         ...
 
 
@@ -29,7 +34,7 @@ class AdmissionPort(Protocol):
     """
 
     async def admit(
-        self, caller: Principal | None, route: ModelRoute, request: ChatRequest
+        self, caller: Principal | None, route: ModelRoute, request: ChatRequest | EmbeddingRequest
     ) -> Grant:
         """Authorise ``caller`` for ``route`` and reserve what ``request`` may use."""
         ...

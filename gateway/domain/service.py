@@ -1,9 +1,10 @@
-"""The chat completion use case: validate, resolve the model, admit the
-caller (permissions, limits: the admission port), route to an endpoint
-(queueing fairly when the pool is full), retry on another endpoint or fall
-back to another model while nothing has reached the client, then stream and
-settle what was used. A stream either ends with a Finished event or raises:
-never a silent truncation. No transport code here."""
+"""The completion use case, shared by chat, raw-prompt completions and
+embeddings: validate, resolve the model, admit the caller (permissions,
+limits: the admission port), route to an endpoint (queueing fairly when the
+pool is full), retry on another endpoint or fall back to another model while
+nothing has reached the client, then stream and settle what was used. A
+stream either ends with a Finished event or raises: never a silent
+truncation. No transport code here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from gateway.domain.accounting import (
     Grant,
     Spent,
     Status,
-    estimate_prompt_tokens,
+    estimate_request_prompt,
     estimate_tokens,
 )
 from gateway.domain.assemble import AssembledChoice, ChoiceAssembler
@@ -34,21 +35,30 @@ from gateway.domain.chat import (
     Routed,
     StreamEvent,
 )
+from gateway.domain.embedding import EmbeddingJob, EmbeddingRequest
 from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
 from gateway.domain.ports import AdmissionPort, BackendPort
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.routing_key import request_key
-from gateway.domain.validation import bind, check_request_shape, resolve_max_tokens
+from gateway.domain.validation import (
+    bind,
+    bind_embedding,
+    check_embedding_shape,
+    check_kind,
+    check_request_shape,
+    resolve_max_tokens,
+)
 from gateway.errors import (
     BackendFailed,
     BackendTimeout,
     BackendUnavailable,
     GatewayError,
     InvalidRequest,
+    ModelNotFound,
 )
 from gateway.routing.endpoint import Endpoint
 from gateway.routing.pool import PoolSaturated, PoolUnavailable
-from gateway.routing.registry import ModelRegistry, ModelRoute
+from gateway.routing.registry import ModelKind, ModelRegistry, ModelRoute
 from gateway.routing.retry_budget import RetryBudget
 from gateway.tenancy.directory import Principal
 
@@ -64,6 +74,16 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
+# Id prefixes as OpenAI writes them: chat "chatcmpl-", completions "cmpl-"; embeddings
+# have no id in OpenAI's answer, ours is only the request id (logs, x-request-id).
+_CHAT_PREFIX = "chatcmpl-"
+_PROMPT_PREFIX = "cmpl-"
+_EMBEDDING_PREFIX = "embd-"
+
+Work = Generation | EmbeddingJob
+"""What a backend is asked to do: generate text, or embed inputs."""
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """An admitted request: its id, the model asked for and what to generate."""
@@ -72,8 +92,8 @@ class Completion:
     model: str
     created: int
     route: ModelRoute
-    generation: Generation
-    request: ChatRequest
+    generation: Work
+    request: ChatRequest | EmbeddingRequest
     tenant: str = ""
     priority: int = 0
     allowed: frozenset[str] | None = None  # models the caller may use; None: all
@@ -150,31 +170,90 @@ class ChatCompletionService:
         visible = self._admission.may_list(caller)
         return [r for r in routes if visible(r.name)]
 
-    async def admit(self, request: ChatRequest, caller: Principal | None = None) -> Completion:
+    def model_for(self, name: str, caller: Principal | None) -> ModelRoute:
+        """The model ``name`` (or alias) names, if ``caller`` may see it; ModelNotFound
+        otherwise, so that a model outside the caller's list is not revealed."""
+        route = self._registry.resolve(name)
+        if self._admission is not None and not self._admission.may_list(caller)(route.name):
+            raise ModelNotFound(name)
+        return route
+
+    async def admit(
+        self, request: ChatRequest | EmbeddingRequest, caller: Principal | None = None
+    ) -> Completion:
         """Validate, resolve the model and admit ``caller`` (permissions, limits);
         raise GatewayError if the request cannot be served.
 
+        A chat or raw-prompt request needs a generating model, an embedding
+        request an embedding model (InvalidRequest on ``model`` otherwise).
         The returned completion holds a reservation when admission is on:
         ``stream`` (or ``complete``) settles it, so call one of them next.
         """
-        check_request_shape(request)
-        route = self._registry.resolve(request.model)
-        max_tokens = resolve_max_tokens(request, route.limits)
+        generation: Work
+        unique = self._new_id().removeprefix(_CHAT_PREFIX)
+        if isinstance(request, EmbeddingRequest):
+            check_embedding_shape(request)
+            route = self._registry.resolve(request.model)
+            check_kind(route, ModelKind.EMBEDDING)
+            completion_id = _EMBEDDING_PREFIX + unique
+            generation = bind_embedding(request, completion_id, route.engine_model)
+        else:
+            check_request_shape(request)
+            route = self._registry.resolve(request.model)
+            check_kind(route, ModelKind.CHAT)
+            max_tokens = resolve_max_tokens(request, route.limits)
+            prefix = _CHAT_PREFIX if request.prompt is None else _PROMPT_PREFIX
+            completion_id = prefix + unique
+            generation = bind(request, completion_id, route.engine_model, max_tokens)
         grant = None
         if self._admission is not None:
             grant = await self._admission.admit(caller, route, request)
-        completion_id = self._new_id()
         return Completion(
             id=completion_id,
             model=route.name,
             created=int(self._clock()),
             route=route,
-            generation=bind(request, completion_id, route.engine_model, max_tokens),
+            generation=generation,
             request=request,
             tenant=grant.tenant if grant else "",
             priority=grant.priority if grant else 0,
             allowed=grant.allowed if grant else None,
             grant=grant,
+        )
+
+    async def admit_all(
+        self, requests: Sequence[ChatRequest], caller: Principal | None = None
+    ) -> list[Completion]:
+        """Admit every request or none (the choices of one completions call): when one
+        is refused, the reservations already taken are returned and the refusal raised."""
+        admitted: list[Completion] = []
+        try:
+            for request in requests:
+                admitted.append(await self.admit(request, caller))
+        except BaseException:
+            for completion in admitted:
+                self.release(completion)
+            raise
+        return admitted
+
+    def release(self, completion: Completion) -> None:
+        """Return the reservation of a completion that will not be streamed."""
+        if completion.grant is None or self._admission is None:
+            return
+        self._admission.settle(
+            completion.grant,
+            Spent(
+                request_id=completion.id,
+                status=Status.REJECTED,
+                model=completion.model,
+                backend="",
+                prompt_tokens=0,
+                completion_tokens=0,
+                exact=False,
+                started_at=self._clock(),
+                duration_s=0.0,
+                ttft_s=None,
+            ),
         )
 
     async def stream(
@@ -228,9 +307,7 @@ class ChatCompletionService:
                 prompt_tokens = usage.usage.prompt_tokens
                 completion_tokens = usage.usage.completion_tokens
             else:
-                prompt_tokens = estimate_prompt_tokens(
-                    len(m.content) for m in completion.request.messages
-                )
+                prompt_tokens = estimate_request_prompt(completion.request)
                 completion_tokens = estimate_tokens(sent_chars)
             duration = self._monotonic() - began
             observer.finished(
@@ -338,16 +415,19 @@ class ChatCompletionService:
                     error = failed.error
         raise error
 
-    def _generation_for(self, completion: Completion, route: ModelRoute) -> Generation | None:
+    def _generation_for(self, completion: Completion, route: ModelRoute) -> Work | None:
         if route is completion.route:
             return completion.generation
         if completion.allowed is not None and route.name not in completion.allowed:
             return None  # the caller may not use this fallback
+        request = completion.request
+        if isinstance(request, EmbeddingRequest):
+            return bind_embedding(request, completion.id, route.engine_model)
         try:
-            max_tokens = resolve_max_tokens(completion.request, route.limits)
+            max_tokens = resolve_max_tokens(request, route.limits)
         except InvalidRequest:
             return None
-        return bind(completion.request, completion.id, route.engine_model, max_tokens)
+        return bind(request, completion.id, route.engine_model, max_tokens)
 
     def _backoff(self, attempt: int) -> float:
         retry = self._policy.retry
@@ -358,7 +438,7 @@ class ChatCompletionService:
         self,
         route: ModelRoute,
         endpoint: Endpoint,
-        generation: Generation,
+        generation: Work,
         began: float,
         on_stall: Callable[[], None] | None,
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
@@ -369,7 +449,11 @@ class ChatCompletionService:
         verdict = False
         try:
             called = now()
-            events = self._backends.generate(endpoint.address, generation)
+            events = (
+                self._backends.generate(endpoint.address, generation)
+                if type(generation) is Generation
+                else self._backends.embed(endpoint.address, generation)  # type: ignore[arg-type]
+            )
             batches = batched(
                 events, self._limits, weight=_weight, pace=self._pace, on_stall=on_stall
             )

@@ -1,4 +1,5 @@
-"""Validation of chat requests: every violation is collected, not just the first."""
+"""Validation of chat, completion and embedding requests: every violation is
+collected, not just the first."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from gateway.domain.chat import (
     Role,
     ToolChoiceMode,
 )
+from gateway.domain.embedding import EmbeddingJob, EmbeddingRequest
 from gateway.errors import InvalidRequest, Violation
 from gateway.routing.limits import OutputLimits
+from gateway.routing.registry import ModelKind, ModelRoute
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 128
@@ -35,6 +38,9 @@ RESERVED_EXTRAS = frozenset(
         "top_logprobs", "logit_bias", "reasoning_effort", "user", "request_id",
     }
 )  # fmt: skip
+# OpenAI's limits for one embeddings call.
+MAX_EMBEDDING_INPUTS = 2048
+MAX_DIMENSIONS = 65536
 
 
 def check_request_shape(request: ChatRequest) -> None:
@@ -42,7 +48,12 @@ def check_request_shape(request: ChatRequest) -> None:
     problems: list[Violation] = []
     if not request.model:
         problems.append(Violation("model", "you must provide a model parameter"))
-    if not request.messages:
+    if request.prompt is not None:
+        if not request.prompt:
+            problems.append(Violation("prompt", "the prompt must not be empty"))
+        if request.messages:
+            problems.append(Violation("messages", "a request has either messages or a prompt"))
+    elif not request.messages:
         problems.append(Violation("messages", "at least one message is required"))
     for i, message in enumerate(request.messages):
         if message.role is None:
@@ -121,6 +132,59 @@ def bind(
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
         features=request.features,
+        prompt=request.prompt,
+    )
+
+
+def check_embedding_shape(request: EmbeddingRequest) -> None:
+    """Validate an embedding request; raise InvalidRequest listing every problem."""
+    problems: list[Violation] = []
+    if not request.model:
+        problems.append(Violation("model", "you must provide a model parameter"))
+    if not request.inputs:
+        problems.append(Violation("input", "at least one input is required"))
+    if len(request.inputs) > MAX_EMBEDDING_INPUTS:
+        problems.append(
+            Violation("input", f"at most {MAX_EMBEDDING_INPUTS} inputs are allowed per request")
+        )
+    for i, item in enumerate(request.inputs):
+        if len(item) == 0:
+            problems.append(Violation(f"input[{i}]", "an input must not be empty"))
+        elif not isinstance(item, str) and min(item) < 0:
+            problems.append(Violation(f"input[{i}]", "token ids must not be negative"))
+    if request.dimensions is not None and not 1 <= request.dimensions <= MAX_DIMENSIONS:
+        problems.append(
+            Violation(
+                "dimensions",
+                f"dimensions must be between 1 and {MAX_DIMENSIONS}, got {request.dimensions}",
+            )
+        )
+    if problems:
+        raise InvalidRequest(problems)
+
+
+def check_kind(route: ModelRoute, wanted: ModelKind) -> None:
+    """Refuse a model of the wrong kind: chat and completions need a generating model,
+    embeddings an embedding model."""
+    if route.kind is wanted:
+        return
+    if wanted is ModelKind.EMBEDDING:
+        message = (
+            f"The model '{route.name}' generates text and does not serve embeddings; "
+            "use an embedding model."
+        )
+    else:
+        message = f"The model '{route.name}' is an embedding model; it serves only /v1/embeddings."
+    raise InvalidRequest([Violation("model", message)], reason="model_not_supported")
+
+
+def bind_embedding(request: EmbeddingRequest, request_id: str, engine_model: str) -> EmbeddingJob:
+    """Turn a validated embedding request into the job a backend is asked for."""
+    return EmbeddingJob(
+        request_id=request_id,
+        model=engine_model,
+        inputs=tuple(request.inputs),
+        dimensions=request.dimensions,
     )
 
 

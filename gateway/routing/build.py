@@ -12,7 +12,7 @@ from gateway.routing.endpoint import Endpoint
 from gateway.routing.limits import OutputLimits
 from gateway.routing.policies import LoadBalancingPolicy, PolicySettings, make_policy
 from gateway.routing.pool import EndpointPool
-from gateway.routing.registry import ModelRegistry, ModelRoute
+from gateway.routing.registry import ModelKind, ModelRegistry, ModelRoute
 
 
 def _policy(m: ModelConfig) -> LoadBalancingPolicy:
@@ -31,6 +31,7 @@ def _route(m: ModelConfig, pool: EndpointPool) -> ModelRoute:
         limits=OutputLimits(m.default_max_tokens, m.max_output_tokens, m.reserve_completion_tokens),
         pool=pool,
         fallbacks=tuple(m.fallbacks),
+        kind=ModelKind(m.kind),
     )
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import ModelNotFound
 from gateway.routing.limits import OutputLimits
 from gateway.routing.pool import EndpointPool
+
+
+class ModelKind(enum.StrEnum):
+    """What a model serves: text generation (chat and completions) or embeddings."""
+
+    CHAT = "chat"
+    EMBEDDING = "embedding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +29,7 @@ class ModelRoute:
     limits: OutputLimits
     pool: EndpointPool
     fallbacks: Sequence[str] = ()
+    kind: ModelKind = ModelKind.CHAT
 
 
 class ModelRegistry:

@@ -18,8 +18,9 @@ import secrets
 import time
 from collections.abc import Callable
 
-from gateway.domain.accounting import Grant, Spent, Status, estimate_prompt_tokens
+from gateway.domain.accounting import Grant, Spent, Status, estimate_request_prompt
 from gateway.domain.chat import ChatRequest
+from gateway.domain.embedding import EmbeddingRequest
 from gateway.errors import PermissionDenied, QuotaViolation, RateLimited
 from gateway.limits.limiter import Limiter
 from gateway.limits.ports import CONCURRENCY, MONTHLY, REQUESTS, TOKENS, TOO_LARGE, Decision
@@ -115,7 +116,7 @@ class TenantAdmission:
         return tenant.may_use
 
     async def admit(
-        self, caller: Principal | None, route: ModelRoute, request: ChatRequest
+        self, caller: Principal | None, route: ModelRoute, request: ChatRequest | EmbeddingRequest
     ) -> Grant:
         """Authorise and reserve; raise PermissionDenied, TenantRateLimited or
         LimiterUnavailable."""
@@ -129,18 +130,10 @@ class TenantAdmission:
                 f"Tenant {tenant.name} is not allowed to use the model '{route.name}'.",
                 "model_not_allowed",
             )
-        completion = request.max_completion_tokens
-        if completion is None:
-            completion = request.max_tokens
-        if completion is None:
-            # No limit asked: an estimate (reconciled with the real count at the end).
-            completion = (
-                tenant.reserve_completion_tokens
-                or route.limits.default_max_tokens
-                or route.limits.reserve_completion_tokens
-            )
-        completion = max(1, min(completion, route.limits.max_output_tokens))
-        prompt = estimate_prompt_tokens(len(m.content) for m in request.messages)
+        prompt = estimate_request_prompt(request)
+        completion = (
+            0 if isinstance(request, EmbeddingRequest) else _completion(request, tenant, route)
+        )
         reservation = await self.limiter.acquire(
             tenant.name, tenant.limits, "rsv-" + secrets.token_hex(10), prompt + completion
         )
@@ -200,3 +193,18 @@ class TenantAdmission:
         """Wait for reconciliations in progress (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _completion(request: ChatRequest, tenant: Tenant, route: ModelRoute) -> int:
+    """Completion tokens to reserve: the request's limit, else the tenant's or model's default."""
+    completion = request.max_completion_tokens
+    if completion is None:
+        completion = request.max_tokens
+    if completion is None:
+        # No limit asked: an estimate (reconciled with the real count at the end).
+        completion = (
+            tenant.reserve_completion_tokens
+            or route.limits.default_max_tokens
+            or route.limits.reserve_completion_tokens
+        )
+    return max(1, min(completion, route.limits.max_output_tokens))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from llmgw.admin.v1 import admin_pb2
-from llmgw.v1 import chat_pb2, usage_pb2
+from llmgw.v1 import chat_pb2, completions_pb2, embeddings_pb2, usage_pb2
 
 
 class Access(enum.Enum):
@@ -46,6 +46,10 @@ METHOD_ACCESS: Mapping[str, Access] = {
     method(chat_pb2, "ChatService", "CreateChatCompletion"): Access.KEY,
     method(chat_pb2, "ChatService", "StreamChatCompletion"): Access.KEY,
     method(chat_pb2, "ModelService", "ListModels"): Access.KEY,
+    method(chat_pb2, "ModelService", "GetModel"): Access.KEY,
+    method(completions_pb2, "CompletionService", "CreateCompletion"): Access.KEY,
+    method(completions_pb2, "CompletionService", "StreamCompletion"): Access.KEY,
+    method(embeddings_pb2, "EmbeddingService", "CreateEmbedding"): Access.KEY,
     method(usage_pb2, "UsageService", "GetUsage"): Access.KEY,
     method(admin_pb2, "AdminService", "ListModels"): Access.ADMIN,
 }

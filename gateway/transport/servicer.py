@@ -13,9 +13,10 @@ from opentelemetry import trace
 from common.grpcutil.abort import abort_soon
 from common.grpcutil.status import ErrorDetails, build_status
 from gateway.domain.assemble import AssembledChoice
-from gateway.domain.chat import ChoiceDelta, Finished, Routed
+from gateway.domain.chat import ChoiceDelta, Finished, Generation, Routed
 from gateway.domain.service import ChatCompletionService, Completion
 from gateway.errors import ClientStalled, GatewayError
+from gateway.routing.registry import ModelKind, ModelRoute
 from gateway.transport.auth import current_caller
 from gateway.transport.convert import (
     FINISH_REASONS,
@@ -85,12 +86,13 @@ def with_client_request_id(completion: Completion, context: grpc.aio.ServicerCon
     return completion
 
 
-def annotate_admitted(span: trace.Span, completion: Completion) -> None:
+def annotate_admitted(span: trace.Span, completion: Completion, operation: str = "chat") -> None:
     """Request attributes (GenAI semantic conventions); never prompt text."""
-    span.set_attribute("gen_ai.operation.name", "chat")
+    span.set_attribute("gen_ai.operation.name", operation)
     span.set_attribute("gen_ai.request.model", completion.model)
-    if completion.generation.max_tokens is not None:
-        span.set_attribute("gen_ai.request.max_tokens", completion.generation.max_tokens)
+    generation = completion.generation
+    if isinstance(generation, Generation) and generation.max_tokens is not None:
+        span.set_attribute("gen_ai.request.max_tokens", generation.max_tokens)
     span.set_attribute("llmgw.request_id", completion.id)
     span.set_attribute("llmgw.tenant", completion.tenant or "anonymous")
     if completion.client_request_id:
@@ -162,7 +164,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
             completion = with_client_request_id(completion, context)
             span = trace.get_current_span()
             annotate_admitted(span, completion)
-            events = self._service.stream(completion, lambda: _stalled(context))
+            events = self._service.stream(completion, lambda: end_stalled_call(context))
             async with aclosing(events):
                 async for event in events:
                     if type(event) is str:
@@ -195,7 +197,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
             await context.abort_with_status(_INTERNAL)
 
 
-def _stalled(context: grpc.aio.ServicerContext) -> None:
+def end_stalled_call(context: grpc.aio.ServicerContext) -> None:
     """End a call whose client stopped reading (the handler is blocked in a write)."""
     log.warning("a client read nothing of its stream for the stall timeout; call ended")
     abort_soon(
@@ -204,22 +206,39 @@ def _stalled(context: grpc.aio.ServicerContext) -> None:
     )
 
 
+_KINDS = {ModelKind.CHAT: pb.MODEL_KIND_CHAT, ModelKind.EMBEDDING: pb.MODEL_KIND_EMBEDDING}
+
+
 class ModelServicer(pb_grpc.ModelServiceServicer):
-    """Lists the served models."""
+    """Lists and describes the served models."""
 
     def __init__(self, service: ChatCompletionService, created: int) -> None:
         self._service = service
         self._created = created
+
+    def _model(self, route: ModelRoute) -> pb.Model:
+        return pb.Model(
+            id=route.name,
+            created=self._created,
+            owned_by=route.owned_by,
+            aliases=list(route.aliases),
+            kind=_KINDS[route.kind],
+        )
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         """Every configured model the caller may use, with its aliases."""
         return pb.ListModelsResponse(
-            models=[
-                pb.Model(
-                    id=r.name, created=self._created, owned_by=r.owned_by, aliases=list(r.aliases)
-                )
-                for r in self._service.models_for(current_caller())
-            ]
+            models=[self._model(r) for r in self._service.models_for(current_caller())]
         )
+
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelResponse:
+        """One model by name or alias; NOT_FOUND when unknown or outside the caller's list."""
+        try:
+            route = self._service.model_for(request.model, current_caller())
+        except GatewayError as error:
+            await context.abort_with_status(to_status(error))
+        return pb.GetModelResponse(model=self._model(route))

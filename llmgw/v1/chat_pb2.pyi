@@ -85,6 +85,28 @@ FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
 """The model called one or more tools."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _ModelKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_KIND_UNSPECIFIED: _ModelKind.ValueType  # 0
+    MODEL_KIND_CHAT: _ModelKind.ValueType  # 1
+    """Generates text: ChatService and CompletionService."""
+    MODEL_KIND_EMBEDDING: _ModelKind.ValueType  # 2
+    """Returns vectors: EmbeddingService."""
+
+class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
+    """What a model serves."""
+
+MODEL_KIND_UNSPECIFIED: ModelKind.ValueType  # 0
+MODEL_KIND_CHAT: ModelKind.ValueType  # 1
+"""Generates text: ChatService and CompletionService."""
+MODEL_KIND_EMBEDDING: ModelKind.ValueType  # 2
+"""Returns vectors: EmbeddingService."""
+Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
+
 @_typing.final
 class ChatMessage(_message.Message):
     """One message of the conversation."""
@@ -712,10 +734,13 @@ class Model(_message.Message):
     CREATED_FIELD_NUMBER: _builtins.int
     OWNED_BY_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     created: _builtins.int
     """Unix seconds; when the gateway started serving it."""
     owned_by: _builtins.str
+    kind: Global___ModelKind.ValueType
+    """Which services accept it."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names that route to this model."""
@@ -727,10 +752,11 @@ class Model(_message.Message):
         created: _builtins.int = ...,
         owned_by: _builtins.str = ...,
         aliases: _abc.Iterable[_builtins.str] | None = ...,
+        kind: Global___ModelKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created", b"created", "id", b"id", "owned_by", b"owned_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created", b"created", "id", b"id", "kind", b"kind", "owned_by", b"owned_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -757,3 +783,47 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class GetModelRequest(_message.Message):
+    """Request of ModelService.GetModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name or alias."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+
+@_typing.final
+class GetModelResponse(_message.Message):
+    """Response of ModelService.GetModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___Model: ...
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015

@@ -163,6 +163,11 @@ class ModelServiceStub:
                 request_serializer=llmgw_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=llmgw_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/llmgw.v1.ModelService/GetModel',
+                request_serializer=llmgw_dot_v1_dot_chat__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=llmgw_dot_v1_dot_chat__pb2.GetModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -176,6 +181,15 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """GetModel describes one model by name or alias. A model that does not
+        exist, or that the caller may not use, is NOT_FOUND (reason
+        model_not_found): the answer does not reveal models outside the caller's list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +197,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=llmgw_dot_v1_dot_chat__pb2.ListModelsRequest.FromString,
                     response_serializer=llmgw_dot_v1_dot_chat__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=llmgw_dot_v1_dot_chat__pb2.GetModelRequest.FromString,
+                    response_serializer=llmgw_dot_v1_dot_chat__pb2.GetModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -213,6 +232,33 @@ class ModelService:
             '/llmgw.v1.ModelService/ListModels',
             llmgw_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
             llmgw_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmgw.v1.ModelService/GetModel',
+            llmgw_dot_v1_dot_chat__pb2.GetModelRequest.SerializeToString,
+            llmgw_dot_v1_dot_chat__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,11 @@ class ModelServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ModelServiceAsyncStub: ...
     ListModels: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListModelsRequest, _chat_pb2.ListModelsResponse]
     """ListModels lists the models served by the gateway."""
+    GetModel: _grpc.UnaryUnaryMultiCallable[_chat_pb2.GetModelRequest, _chat_pb2.GetModelResponse]
+    """GetModel describes one model by name or alias. A model that does not
+    exist, or that the caller may not use, is NOT_FOUND (reason
+    model_not_found): the answer does not reveal models outside the caller's list.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -103,6 +108,11 @@ class ModelServiceAsyncStub(ModelServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListModels: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListModelsRequest, _chat_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists the models served by the gateway."""
+    GetModel: _aio.UnaryUnaryMultiCallable[_chat_pb2.GetModelRequest, _chat_pb2.GetModelResponse]  # type: ignore[assignment]
+    """GetModel describes one model by name or alias. A model that does not
+    exist, or that the caller may not use, is NOT_FOUND (reason
+    model_not_found): the answer does not reveal models outside the caller's list.
+    """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelService describes the models the caller may use."""
@@ -114,5 +124,16 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.ListModelsResponse, _abc.Awaitable[_chat_pb2.ListModelsResponse]]:
         """ListModels lists the models served by the gateway."""
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _chat_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.GetModelResponse, _abc.Awaitable[_chat_pb2.GetModelResponse]]:
+        """GetModel describes one model by name or alias. A model that does not
+        exist, or that the caller may not use, is NOT_FOUND (reason
+        model_not_found): the answer does not reveal models outside the caller's list.
+        """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

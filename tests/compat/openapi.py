@@ -62,3 +62,41 @@ def assert_valid(schema_name: str, instance: Any) -> None:
         raise AssertionError(
             f"{schema_name} violated:\n" + "\n".join(lines) + f"\n{json.dumps(instance)[:2000]}"
         )
+
+
+def assert_valid_against(label: str, schema: dict[str, Any], instance: Any) -> None:
+    """Like assert_valid, for an adjusted copy of a component (its refs still resolve)."""
+    checked = jsonschema.Draft202012Validator(schema, registry=_registry())
+    errors = sorted(checked.iter_errors(instance), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+        raise AssertionError(
+            f"{label} violated:\n" + "\n".join(lines) + f"\n{json.dumps(instance)[:2000]}"
+        )
+
+
+def completion_chunk_schema() -> dict[str, Any]:
+    """CreateCompletionResponse as a stream chunk. The spec gives streamed and whole
+    completions one shape, but OpenAI (and vLLM) send ``finish_reason: null`` until a
+    choice ends and ``usage: null`` before the last chunk, which its enum and $ref omit."""
+    spec = _denullable(json.loads(SPEC_PATH.read_text()))
+    schema: dict[str, Any] = spec["components"]["schemas"]["CreateCompletionResponse"]
+    reason = schema["properties"]["choices"]["items"]["properties"]["finish_reason"]
+    reason["type"] = ["string", "null"]
+    reason["enum"] = [*reason["enum"], None]
+    schema["properties"]["usage"] = {
+        "anyOf": [{"$ref": f"{_URI}#/components/schemas/CompletionUsage"}, {"type": "null"}]
+    }
+    return _rebased(schema)
+
+
+def _rebased(node: Any) -> Any:
+    """Local ``#/...`` refs of a component copied out of the spec, pointed back into it."""
+    if isinstance(node, list):
+        return [_rebased(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _rebased(v) for k, v in node.items()}
+    if isinstance(out.get("$ref"), str) and out["$ref"].startswith("#/"):
+        out["$ref"] = _URI + out["$ref"]
+    return out

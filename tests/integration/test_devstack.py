@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_run_command_serves_both_models_and_stops_cleanly() -> None:
-    rest, grpc_port, small, large = (free_port() for _ in range(4))
-    metrics = [free_port() for _ in range(4)]  # gateway, shim, small, large
+    rest, grpc_port, small, large, embed = (free_port() for _ in range(5))
+    metrics = [free_port() for _ in range(5)]  # gateway, shim, small, large, embed
     process = subprocess.Popen(
         [
             sys.executable,
@@ -32,6 +32,8 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
             str(grpc_port),
             "--sidecar-ports",
             f"{small},{large}",
+            "--embedding-port",
+            str(embed),
             "--metrics-ports",
             ",".join(map(str, metrics)),
         ],
@@ -64,7 +66,16 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{rest}/v1", api_key=demo_key, max_retries=0
         )
-        assert {m.id for m in client.models.list().data} == {"sim-small-1b", "sim-large-70b"}
+        assert {m.id for m in client.models.list().data} == {
+            "sim-small-1b",
+            "sim-large-70b",
+            "sim-embed",
+        }
+        assert client.models.retrieve("embed").id == "sim-embed"
+        vectors = client.embeddings.create(model="embed", input=["hello", "world"]).data
+        assert [len(v.embedding) for v in vectors] == [384, 384]
+        done = client.completions.create(model="small", prompt="once upon a time", max_tokens=3)
+        assert len(done.choices[0].text.split()) == 3
         for model in ("sim-small-1b", "large"):
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=4
@@ -97,6 +108,6 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
     assert process.returncode == 0, out
     assert "stopping" in out
     # Every child is gone: nothing listens on the ports any more.
-    for port in (rest, grpc_port, small, large, *metrics):
+    for port in (rest, grpc_port, small, large, embed, *metrics):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()

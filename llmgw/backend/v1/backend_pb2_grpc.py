@@ -45,6 +45,11 @@ class BackendServiceStub:
                 request_serializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llmgw.backend.v1.BackendService/Embed',
+                request_serializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class BackendServiceServicer:
@@ -66,6 +71,14 @@ class BackendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed returns one vector per input (embedding engines only; others
+        answer INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +91,11 @@ def add_BackendServiceServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.GetLoadRequest.FromString,
                     response_serializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.EmbedRequest.FromString,
+                    response_serializer=llmgw_dot_backend_dot_v1_dot_backend__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class BackendService:
             '/llmgw.backend.v1.BackendService/GetLoad',
             llmgw_dot_backend_dot_v1_dot_backend__pb2.GetLoadRequest.SerializeToString,
             llmgw_dot_backend_dot_v1_dot_backend__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmgw.backend.v1.BackendService/Embed',
+            llmgw_dot_backend_dot_v1_dot_backend__pb2.EmbedRequest.SerializeToString,
+            llmgw_dot_backend_dot_v1_dot_backend__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class BackendServiceStub:
     """
     GetLoad: _grpc.UnaryUnaryMultiCallable[_backend_pb2.GetLoadRequest, _backend_pb2.GetLoadResponse]
     """GetLoad reports how busy the engine is, for load-aware routing."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_backend_pb2.EmbedRequest, _backend_pb2.EmbedResponse]
+    """Embed returns one vector per input (embedding engines only; others
+    answer INVALID_ARGUMENT).
+    """
 
 @_typing.type_check_only
 class BackendServiceAsyncStub(BackendServiceStub):
@@ -55,6 +59,10 @@ class BackendServiceAsyncStub(BackendServiceStub):
     """
     GetLoad: _aio.UnaryUnaryMultiCallable[_backend_pb2.GetLoadRequest, _backend_pb2.GetLoadResponse]  # type: ignore[assignment]
     """GetLoad reports how busy the engine is, for load-aware routing."""
+    Embed: _aio.UnaryUnaryMultiCallable[_backend_pb2.EmbedRequest, _backend_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embed returns one vector per input (embedding engines only; others
+    answer INVALID_ARGUMENT).
+    """
 
 class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
     """BackendService is served by every sidecar, one per engine."""
@@ -76,5 +84,15 @@ class BackendServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_backend_pb2.GetLoadResponse, _abc.Awaitable[_backend_pb2.GetLoadResponse]]:
         """GetLoad reports how busy the engine is, for load-aware routing."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _backend_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backend_pb2.EmbedResponse, _abc.Awaitable[_backend_pb2.EmbedResponse]]:
+        """Embed returns one vector per input (embedding engines only; others
+        answer INVALID_ARGUMENT).
+        """
 
 def add_BackendServiceServicer_to_server(servicer: BackendServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
