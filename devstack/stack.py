@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,20 @@ class StackPlan:
         }
 
 
+def _free_ports(host: str, count: int) -> list[int]:
+    """Ports the kernel says are free now (all held open until all are picked)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def _listen(host: str, port: int | None) -> str:
     return f"{host}:{port}" if port else ""
 
@@ -200,16 +215,24 @@ class Stack:
                 self._spawn(spec.name, spec.args, spec.python, spec.env)
         config = self._dir / "gateway.yaml"
         config.write_text(yaml.safe_dump(plan.gateway_config()))
+        # With several gateway workers each also gets an address of its own, and the
+        # shim balances requests over them (round robin per call), not connections.
+        gateway_target = f"{plan.host}:{plan.grpc_port}"
+        own: list[str] = []
+        if plan.gateway_workers > 1:
+            own = [f"{plan.host}:{port}" for port in _free_ports(plan.host, plan.gateway_workers)]
+            gateway_target = "ipv4:" + ",".join(own)
         self._spawn(
             "gateway",
             ["-m", "gateway", "--config", str(config), "--listen",
              f"{plan.host}:{plan.grpc_port}", "--workers", str(plan.gateway_workers),
+             "--worker-listen", ",".join(own),
              "--metrics-listen", _listen(plan.host, plan.gateway_metrics_port)],
         )  # fmt: skip
         self._spawn(
             "shim",
             ["-m", "rest_shim", "--host", plan.host, "--port", str(plan.rest_port),
-             "--gateway", f"{plan.host}:{plan.grpc_port}", "--workers", str(plan.shim_workers),
+             "--gateway", gateway_target, "--workers", str(plan.shim_workers),
              "--log-level", "warning",
              "--metrics-listen", _listen(plan.host, plan.shim_metrics_port)],
         )  # fmt: skip

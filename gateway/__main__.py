@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         settings.listen.endswith(":0") or settings.admin_listen.endswith(":0")
     ):
         raise SystemExit("--workers > 1 needs fixed ports: processes must share them")
+    try:
+        settings.worker_address(0)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     if settings.workers > 1:
         # Before prometheus-client is imported anywhere: workers share samples.
         prepare_multiprocess()
@@ -53,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     # spawn, not fork: gRPC's core threads do not survive a fork.
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=run_worker, args=(settings, config), daemon=True)
-        for _ in range(settings.workers - 1)
+        context.Process(target=run_worker, args=(settings, config, index), daemon=True)
+        for index in range(1, settings.workers)
     ]
     for child in children:
         child.start()

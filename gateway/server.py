@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,7 @@ async def start_gateway(
     admin_address: str | None = None,
     routing_file: Path | None = None,
     resolver: Resolver | None = None,
+    extra_addresses: Sequence[str] = (),
 ) -> RunningGateway:
     """Start a gateway serving ``config`` on ``address`` (port 0 picks one).
 
@@ -233,6 +234,10 @@ async def start_gateway(
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
+    # A worker's own address (--worker-listen): clients balance requests over workers.
+    for extra in extra_addresses:
+        if server.add_insecure_port(extra) == 0:
+            raise RuntimeError(f"could not bind {extra}")
     admin_port = None
     if admin_server is not None and admin_address is not None:
         admin_health = add_health_and_reflection(admin_server, (admin.descriptor.full_name,))

@@ -24,6 +24,12 @@ class GatewaySettings(BaseSettings):
     workers: int = Field(
         default=1, ge=1, le=64, description="Processes sharing the port (SO_REUSEPORT)."
     )
+    worker_listen: str = Field(
+        default="",
+        description="Comma-separated host:port, one per worker: each worker also serves on "
+        "an address of its own, so a client can spread requests (not connections) over the "
+        "workers with gRPC round_robin (the shim: --gateway ipv4:A,B). Empty: none.",
+    )
     log_level: str = "INFO"
     metrics_listen: str = Field(
         default="127.0.0.1:9101",
@@ -38,3 +44,14 @@ class GatewaySettings(BaseSettings):
     redis_failure: Literal["open", "closed"] = Field(
         default="open", description="When Redis is unreachable: serve (open) or 503 (closed)."
     )
+
+    def worker_address(self, index: int) -> str | None:
+        """Worker ``index``'s own address, if ``worker_listen`` names one."""
+        addresses = [a.strip() for a in self.worker_listen.split(",") if a.strip()]
+        if not addresses:
+            return None
+        if len(addresses) != self.workers:
+            raise ValueError(
+                f"--worker-listen names {len(addresses)} addresses for {self.workers} workers"
+            )
+        return addresses[index]

@@ -21,14 +21,16 @@ from gateway.tenancy.runtime import tenancy_options
 log = logging.getLogger("llmgw.gateway")
 
 
-async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
+async def serve(settings: GatewaySettings, config: GatewayConfig, index: int = 0) -> None:
     """Serve until SIGINT or SIGTERM, then drain for up to five seconds."""
+    own = settings.worker_address(index)
     gateway = await start_gateway(
         config,
         settings.listen,
         tenancy_options(settings),
         settings.admin_listen or None,
         routing_file=settings.config,
+        extra_addresses=(own,) if own else (),
     )
     log.info("gateway serving %d models on port %d", len(config.models), gateway.port)
     stop = asyncio.Event()
@@ -39,12 +41,12 @@ async def serve(settings: GatewaySettings, config: GatewayConfig) -> None:
     await gateway.stop(grace=5.0)
 
 
-def run_worker(settings: GatewaySettings, config: GatewayConfig) -> None:
-    """Run one gateway process (the parent and each spawned worker)."""
+def run_worker(settings: GatewaySettings, config: GatewayConfig, index: int = 0) -> None:
+    """Run one gateway process (the parent is worker 0, spawned workers 1...)."""
     configure_logging("gateway", settings.log_level)
     configure_tracing("llmgw-gateway")
     install_event_loop_policy()
     try:
-        asyncio.run(serve(settings, config))
+        asyncio.run(serve(settings, config, index))
     finally:
         shutdown_tracing()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from common.grpcutil.server import CHANNEL_OPTIONS
+from common.grpcutil.server import CHANNEL_OPTIONS, ROUND_ROBIN
 from common.observability.tracing import grpc_client_interceptors
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
@@ -34,17 +35,45 @@ from rest_shim.usage import router as usage_router
 
 
 class GatewayClient:
-    """The shim's gRPC stubs on one shared channel to the gateway."""
+    """The shim's gRPC stubs to the gateway, over ``channels`` channels.
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+    Each chat call takes the next channel in turn, and within a channel gRPC's
+    ``round_robin`` policy takes the next address of the target (``dns:///name``
+    resolving to every gateway pod of a headless Service, or ``ipv4:A,B`` naming
+    every gateway worker's own address): requests, not connections, are spread.
+    Several channels also spread one gateway address over several connections
+    (with SO_REUSEPORT workers, the kernel places each connection).
+    """
+
+    def __init__(self, target: str, channels: int = 1) -> None:
+        options = (
+            *CHANNEL_OPTIONS,
+            ("grpc.service_config", ROUND_ROBIN),
+            # Each channel its own connections, not subchannels shared process-wide.
+            ("grpc.use_local_subchannel_pool", 1),
         )
-        self.chat = pb_grpc.ChatServiceStub(self.channel)
+        self.channels = [
+            grpc.aio.insecure_channel(
+                target, options=options, interceptors=grpc_client_interceptors()
+            )
+            for _ in range(channels)
+        ]
+        self.channel = self.channels[0]
+        self._chat = itertools.cycle([pb_grpc.ChatServiceStub(c) for c in self.channels])
         self.models = pb_grpc.ModelServiceStub(self.channel)
         self.completions = completions_pb2_grpc.CompletionServiceStub(self.channel)
         self.embeddings = embeddings_pb2_grpc.EmbeddingServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    @property
+    def chat(self) -> pb_grpc.ChatServiceStub:
+        """The chat stub of the next channel (round robin per call)."""
+        return next(self._chat)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self.channels:
+            await channel.close()
 
 
 def create_app(settings: ShimSettings | None = None) -> FastAPI:
@@ -55,10 +84,10 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.gateway = GatewayClient(settings.gateway)
+        app.state.gateway = GatewayClient(settings.gateway, settings.gateway_channels)
         yield
         decoder.close()
-        await app.state.gateway.channel.close()
+        await app.state.gateway.close()
 
     app = FastAPI(
         title="llmgw OpenAI-compatible API",

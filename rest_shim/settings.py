@@ -13,7 +13,17 @@ class ShimSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port of the REST API.")
-    gateway: str = Field(default="127.0.0.1:50051", description="gRPC address of the gateway.")
+    gateway: str = Field(
+        default="127.0.0.1:50051",
+        description="gRPC target of the gateway: host:port, dns:///name:port (every address "
+        "of a headless Service, round robin per call) or ipv4:host:port,host:port.",
+    )
+    gateway_channels: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Channels (connections) to the gateway; calls take them in turn.",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="Processes sharing the port.")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."

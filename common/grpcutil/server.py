@@ -32,6 +32,14 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+# Service config for clients of a replicated service: spread calls over every
+# address the target resolves to (a headless Service's pods, or `ipv4:A,B`),
+# instead of gRPC's default pick_first (one connection, one replica). With a
+# dns:/// target gRPC re-resolves when a connection closes; servers that set
+# grpc.max_connection_age_ms make clients pick up new replicas over time.
+ROUND_ROBIN = '{"loadBalancingConfig": [{"round_robin": {}}]}'
+
+
 def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Iterable[str]
 ) -> health.aio.HealthServicer:

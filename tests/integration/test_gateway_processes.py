@@ -81,3 +81,32 @@ async def test_bad_config_exits_with_a_clear_message(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert b"models.0.endpoints" in err and b"Traceback" not in err
+
+
+async def test_each_worker_also_serves_on_its_own_address(tmp_path: Path) -> None:
+    sidecar = await start_sidecar(SimEngine(SimConfig(output_tokens=3)))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"models:\n  - name: small\n    endpoints: ['127.0.0.1:{sidecar.port}']\n")
+    port, own = free_port(), [free_port(), free_port()]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--config", str(config), "--listen", f"127.0.0.1:{port}",
+        "--workers", "2", "--worker-listen", ",".join(f"127.0.0.1:{p}" for p in own),
+        "--metrics-listen", "",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for _ in range(400):
+            if listeners(port) == 2 and all(listeners(p) == 1 for p in own):
+                break
+            await asyncio.sleep(0.05)
+        assert listeners(port) == 2 and [listeners(p) for p in own] == [1, 1]
+        for p in own:  # each worker's own address serves the API
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{p}") as channel:
+                reply = await pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
+                    pb.CreateChatCompletionRequest(params=params())
+                )
+                assert reply.finish_reason == pb.FINISH_REASON_STOP
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+        await sidecar.stop(0)
