@@ -71,6 +71,7 @@ class GatewayMetrics:
     completion_tokens: Counter
     inflight: Gauge
     queue_depth: Gauge
+    pool_panic: Gauge
     backend_running: Gauge
     backend_waiting: Gauge
     backend_capacity: Gauge
@@ -151,6 +152,13 @@ def gateway_metrics() -> GatewayMetrics:
             "Requests waiting for a free endpoint.",
             ["model"],
             multiprocess_mode="livesum",
+        ),
+        pool_panic=Gauge(
+            "llmgw_gateway_pool_panic",
+            "1 while too few of the model's endpoints pass health checks and routing "
+            "ignores health (panic threshold).",
+            ["model"],
+            multiprocess_mode="max",
         ),
         backend_running=Gauge(
             "llmgw_backend_running",
@@ -394,6 +402,7 @@ def export_routing_state(registry: ModelRegistry, metrics: GatewayMetrics | None
     exported: set[tuple[str, str]] = set()
     for route in registry.routes:
         m.queue_depth.labels(route.name).set(route.pool.queue.depth)
+        m.pool_panic.labels(route.name).set(1 if route.pool.panicking() else 0)
         for e in route.pool.endpoints:
             labels = (route.name, e.address)
             exported.add(labels)

@@ -80,6 +80,7 @@ def apply_config(
             pool = EndpointPool([], breaker_policy=breaker)
         pool.breaker_policy = breaker
         pool.policy = _policy(m)
+        pool.policy_name = m.lb_policy
         pool.panic_threshold = m.panic_threshold_percent
         pool.max_inflight = m.max_inflight_per_endpoint
         for endpoint in pool.endpoints:

@@ -57,14 +57,16 @@ class EndpointPool:
         rng: random.Random | None = None,
         policy: LoadBalancingPolicy | None = None,
         panic_threshold: float = 50.0,
+        policy_name: str = "least_load",
     ) -> None:
         self._clock = clock or time.monotonic
         self.breaker_policy = breaker_policy or BreakerPolicy()
         self.max_inflight = max_inflight
         self.panic_threshold = panic_threshold
         self.policy: LoadBalancingPolicy = policy or make_policy(
-            "least_load", PolicySettings(rng=rng or random.Random())
+            policy_name, PolicySettings(rng=rng or random.Random())
         )
+        self.policy_name = policy_name  # as the routing file names it (admin, logs)
         self.endpoints: list[Endpoint] = []
         self.draining: list[Endpoint] = []
         self.queue: FairQueue[Endpoint] = FairQueue()

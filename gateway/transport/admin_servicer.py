@@ -32,6 +32,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                     model=route.name,
                     queue_depth=route.pool.queue.depth,
                     fallbacks=list(route.fallbacks),
+                    lb_policy=route.pool.policy_name,
+                    panic=route.pool.panicking(),
                     endpoints=[
                         pb.EndpointStatus(
                             address=e.address,
@@ -41,8 +43,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                             engine_running=e.load.running,
                             engine_waiting=e.load.waiting,
                             engine_capacity=e.load.capacity,
+                            draining=e.draining,
                         )
-                        for e in route.pool.endpoints
+                        for e in (*route.pool.endpoints, *route.pool.draining)
                     ],
                 )
                 for route in self._registry.routes

@@ -218,6 +218,8 @@ async def test_panic_mode_serves_a_pool_whose_health_checks_all_time_out(
     cleanup.append(c)
     pool = c.gateway.service.registry.resolve("m").pool
     await wait_until(lambda: not any(e.healthy for e in pool.endpoints))
+    status = (await c.admin())["m"]
+    assert status.panic == bool(panic_threshold) and status.lb_policy == "least_load"
     if panic_threshold:
         backends = {(await stream(c))[1] for _ in range(12)}
         assert len(backends) == 2  # spread over the whole pool, not refused

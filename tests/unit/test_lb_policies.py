@@ -213,3 +213,24 @@ def test_the_routing_file_names_known_policies_only() -> None:
         GatewayConfig.model_validate(raw)
     raw["models"][0]["lb_policy"] = "prefix_affinity"  # type: ignore[index]
     assert GatewayConfig.model_validate(raw).models[0].lb_policy == "prefix_affinity"
+
+
+def test_routing_does_not_depend_on_the_domain_or_the_outside() -> None:
+    """The domain uses routing, never the reverse; routing does no I/O of its own."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in (root / "gateway" / "routing").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith(("gateway.domain", "gateway.transport", "gateway.adapters")):
+                    offenders.append(f"{path.name}: {name}")
+    assert offenders == []

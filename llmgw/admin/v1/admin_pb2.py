@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgw/admin/v1/admin.proto\x12\x0ellmgw.admin.v1\"\xc5\x01\n\x0e\x45ndpointStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x33\n\rbreaker_state\x18\x03 \x01(\x0e\x32\x1c.llmgw.admin.v1.BreakerState\x12\x13\n\x0boutstanding\x18\x04 \x01(\x05\x12\x16\n\x0e\x65ngine_running\x18\x05 \x01(\x05\x12\x16\n\x0e\x65ngine_waiting\x18\x06 \x01(\x05\x12\x17\n\x0f\x65ngine_capacity\x18\x07 \x01(\x05\"w\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x31\n\tendpoints\x18\x04 \x03(\x0b\x32\x1e.llmgw.admin.v1.EndpointStatus\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.llmgw.admin.v1.ModelStatus*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\x63\n\x0c\x41\x64minService\x12S\n\nListModels\x12!.llmgw.admin.v1.ListModelsRequest\x1a\".llmgw.admin.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgw/admin/v1/admin.proto\x12\x0ellmgw.admin.v1\"\xd7\x01\n\x0e\x45ndpointStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x33\n\rbreaker_state\x18\x03 \x01(\x0e\x32\x1c.llmgw.admin.v1.BreakerState\x12\x13\n\x0boutstanding\x18\x04 \x01(\x05\x12\x16\n\x0e\x65ngine_running\x18\x05 \x01(\x05\x12\x16\n\x0e\x65ngine_waiting\x18\x06 \x01(\x05\x12\x17\n\x0f\x65ngine_capacity\x18\x07 \x01(\x05\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\"\x99\x01\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x31\n\tendpoints\x18\x04 \x03(\x0b\x32\x1e.llmgw.admin.v1.EndpointStatus\x12\x11\n\tlb_policy\x18\x05 \x01(\t\x12\r\n\x05panic\x18\x06 \x01(\x08\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.llmgw.admin.v1.ModelStatus*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\x63\n\x0c\x41\x64minService\x12S\n\nListModels\x12!.llmgw.admin.v1.ListModelsRequest\x1a\".llmgw.admin.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgw.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BREAKERSTATE']._serialized_start=455
-  _globals['_BREAKERSTATE']._serialized_end=579
+  _globals['_BREAKERSTATE']._serialized_start=508
+  _globals['_BREAKERSTATE']._serialized_end=632
   _globals['_ENDPOINTSTATUS']._serialized_start=47
-  _globals['_ENDPOINTSTATUS']._serialized_end=244
-  _globals['_MODELSTATUS']._serialized_start=246
-  _globals['_MODELSTATUS']._serialized_end=365
-  _globals['_LISTMODELSREQUEST']._serialized_start=367
-  _globals['_LISTMODELSREQUEST']._serialized_end=386
-  _globals['_LISTMODELSRESPONSE']._serialized_start=388
-  _globals['_LISTMODELSRESPONSE']._serialized_end=453
-  _globals['_ADMINSERVICE']._serialized_start=581
-  _globals['_ADMINSERVICE']._serialized_end=680
+  _globals['_ENDPOINTSTATUS']._serialized_end=262
+  _globals['_MODELSTATUS']._serialized_start=265
+  _globals['_MODELSTATUS']._serialized_end=418
+  _globals['_LISTMODELSREQUEST']._serialized_start=420
+  _globals['_LISTMODELSREQUEST']._serialized_end=439
+  _globals['_LISTMODELSRESPONSE']._serialized_start=441
+  _globals['_LISTMODELSRESPONSE']._serialized_end=506
+  _globals['_ADMINSERVICE']._serialized_start=634
+  _globals['_ADMINSERVICE']._serialized_end=733
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,7 @@ class EndpointStatus(_message.Message):
     ENGINE_RUNNING_FIELD_NUMBER: _builtins.int
     ENGINE_WAITING_FIELD_NUMBER: _builtins.int
     ENGINE_CAPACITY_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     healthy: _builtins.bool
     """Passing active health checks."""
@@ -64,6 +65,8 @@ class EndpointStatus(_message.Message):
     """The engine's last load report."""
     engine_waiting: _builtins.int
     engine_capacity: _builtins.int
+    draining: _builtins.bool
+    """Removed from its pool (routing file or DNS): no new requests, its streams finish."""
     def __init__(
         self,
         *,
@@ -74,10 +77,11 @@ class EndpointStatus(_message.Message):
         engine_running: _builtins.int = ...,
         engine_waiting: _builtins.int = ...,
         engine_capacity: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "breaker_state", b"breaker_state", "engine_capacity", b"engine_capacity", "engine_running", b"engine_running", "engine_waiting", b"engine_waiting", "healthy", b"healthy", "outstanding", b"outstanding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "breaker_state", b"breaker_state", "draining", b"draining", "engine_capacity", b"engine_capacity", "engine_running", b"engine_running", "engine_waiting", b"engine_waiting", "healthy", b"healthy", "outstanding", b"outstanding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -93,13 +97,21 @@ class ModelStatus(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    LB_POLICY_FIELD_NUMBER: _builtins.int
+    PANIC_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     queue_depth: _builtins.int
     """Requests waiting in this process's queue for a free endpoint."""
+    lb_policy: _builtins.str
+    """The pool's load-balancing policy (the routing file's lb_policy)."""
+    panic: _builtins.bool
+    """Fewer endpoints pass health checks than the panic threshold: routing ignores health."""
     @_builtins.property
     def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStatus]: ...
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStatus]:
+        """Endpoints in the pool, then those draining out of it."""
+
     def __init__(
         self,
         *,
@@ -107,10 +119,12 @@ class ModelStatus(_message.Message):
         queue_depth: _builtins.int = ...,
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         endpoints: _abc.Iterable[Global___EndpointStatus] | None = ...,
+        lb_policy: _builtins.str = ...,
+        panic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "fallbacks", b"fallbacks", "model", b"model", "queue_depth", b"queue_depth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "fallbacks", b"fallbacks", "lb_policy", b"lb_policy", "model", b"model", "panic", b"panic", "queue_depth", b"queue_depth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
