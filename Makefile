@@ -139,10 +139,11 @@ undeploy: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-## loadtest: Locust, headless, 20 s against a running `make run` (LOADTEST_HOST, LOADTEST_ARGS; key: $LLMGW_API_KEY, else the demo key)
+## loadtest: Locust, headless, 100 users for 30 s against a running `make run` (LOADTEST_HOST, LOADTEST_ARGS;
+## key: $LLMGW_API_KEY, else the published load-test tenant's, whose limits fit this load); fails on any failure
 .PHONY: loadtest
 LOADTEST_HOST ?= http://127.0.0.1:8080
-LOADTEST_ARGS ?= --users 10 --spawn-rate 5 --run-time 20s
+LOADTEST_ARGS ?= --users 100 --spawn-rate 20 --run-time 30s
 loadtest: $(STAMP)
-	LLMGW_API_KEY="$${LLMGW_API_KEY:-llmgw_00000000de30_demo-only-not-a-secret-local-use}" \
+	LLMGW_API_KEY="$${LLMGW_API_KEY:-llmgw_0000000010ad_loadtest-only-not-a-secret-local-use}" \
 	  $(BIN)/locust -f loadtest/locustfile.py --headless --only-summary --host $(LOADTEST_HOST) $(LOADTEST_ARGS)

@@ -147,6 +147,20 @@ def test_the_shipped_demo_file_is_valid_and_its_key_works() -> None:
     assert principal is not None and principal.tenant is not None and principal.tenant.demo
 
 
+def test_the_load_test_key_in_the_makefile_is_the_loadtest_tenants() -> None:
+    from devstack.__main__ import DEMO_TENANTS
+
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    key = makefile.split("LLMGW_API_KEY:-", 1)[1].split("}", 1)[0]
+    principal = directory(DEMO_TENANTS).authenticate(key)
+    assert principal is not None and principal.tenant is not None
+    assert principal.tenant.name == "loadtest" and principal.tenant.demo
+    # 100 Locust users, each at most a few requests a second, never all refused by a limit
+    limits = principal.tenant.limits
+    assert limits.requests_per_minute is not None and limits.requests_per_minute >= 100 * 60 * 4
+    assert limits.max_concurrent is not None and limits.max_concurrent >= 100
+
+
 def test_cli_creates_lists_and_revokes_keys_keeping_comments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
