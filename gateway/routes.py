@@ -139,11 +139,16 @@ class Routes:
             return applied
 
     async def refresh(self) -> None:
-        """Re-resolve the current configuration's names (the discovery tick)."""
+        """Re-resolve the current configuration's names (the discovery tick); apply
+        only when an address changed."""
         config = self.config
-        if config is not None and any(
-            not is_ip(split_host_port(entry)[0]) for m in config.models for entry in m.endpoints
+        if config is None or all(
+            is_ip(split_host_port(entry)[0]) for m in config.models for entry in m.endpoints
         ):
+            return
+        resolved = await self.resolve(config)
+        current = {r.name: [e.address for e in r.pool.endpoints] for r in self.registry.routes}
+        if resolved != current:
             await self.apply(config)
 
     def _pools(self) -> Iterable[EndpointPool]:
