@@ -25,6 +25,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rest_shim.errors import ApiError
 
+# The HTTP client's address, always set by the shim (never copied from a client header).
+CLIENT_ADDRESS_KEY = "x-llmgw-client-address"
+
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
@@ -81,19 +84,27 @@ def forwarded_credential(scope: Scope) -> str | None:
 
 
 def gateway_metadata(request: Request) -> tuple[tuple[str, str], ...]:
-    """gRPC metadata carrying the caller's credential to the gateway.
+    """gRPC metadata carrying the caller's credential and address to the gateway.
 
     With the guard on, the token it accepted (from either header). With it
     off, the ``Authorization`` header as sent, if it is printable ASCII (gRPC
     metadata cannot carry anything else; the gateway then answers 401).
     """
+    origin = (CLIENT_ADDRESS_KEY, _client_host(request.scope))
     token = forwarded_credential(request.scope)
     if token is not None:
-        return (("authorization", f"Bearer {token}"),)
+        return (("authorization", f"Bearer {token}"), origin)
     value = request.headers.get("authorization")
     if value is None or not (value.isascii() and value.isprintable()):
-        return ()
-    return (("authorization", value),)
+        return (origin,)
+    return (("authorization", value), origin)
+
+
+def _client_host(scope: Scope) -> str:
+    # The HTTP peer (or, from a trusted local proxy, its X-Forwarded-For): the gateway
+    # serves the published demo key only when this is loopback (gateway/transport/origin.py).
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def _may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:

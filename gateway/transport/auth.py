@@ -27,6 +27,7 @@ from gateway.errors import GatewayError, PermissionDenied, Unauthenticated
 from gateway.tenancy.directory import Principal
 from gateway.tenancy.keys import bearer_token
 from gateway.transport.access import EXEMPT_SERVICES, METHOD_ACCESS, Access, service_of
+from gateway.transport.origin import local_only
 from gateway.transport.status import to_status
 
 log = logging.getLogger("llmgw.gateway.auth")
@@ -115,7 +116,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         except GatewayError as error:
             return await self._refuse(continuation, details, error)
         _CALLER.set(caller)
-        return await continuation(details)
+        handler = await continuation(details)
+        if handler is not None and caller.tenant is not None and caller.tenant.demo:
+            return local_only(handler)  # a published key: this machine's clients only
+        return handler
 
     def _caller(self, metadata: Any) -> Principal:
         assert self._authenticate is not None

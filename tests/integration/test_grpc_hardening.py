@@ -5,10 +5,14 @@ any per-message work, and such a request does not freeze other streams."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +21,7 @@ from backends.engines.sim import SimConfig
 from common.grpcutil.status import parse_status
 from gateway.tenancy.runtime import TenancyOptions
 from llmgw.v1 import chat_pb2 as pb
-from tests.conftest import Deployment, deploy, params, user
+from tests.conftest import Deployment, deploy, params, user, wait_until
 from tests.tenancy_helpers import bearer, tenant, write_tenants
 
 CREATE = "/llmgw.v1.ChatService/CreateChatCompletion"
@@ -124,3 +128,36 @@ async def test_a_huge_message_count_does_not_freeze_other_streams(
     print(f"victim: {len(arrivals)} messages, largest gap {max(gaps) * 1000:.0f} ms")
     assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2
     assert max(gaps) < 0.5
+
+
+async def test_cancels_racing_the_first_token_log_no_error(
+    keyed: tuple[Deployment, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    d, key, _ = keyed
+    caplog.set_level(logging.WARNING)
+    request = pb.StreamChatCompletionRequest(params=params(max_tokens=5))
+    unary = pb.CreateChatCompletionRequest(params=params(max_tokens=5))
+
+    async def cancel_after(delay: float, stream: bool) -> None:
+        call: Any = (
+            d.chat.StreamChatCompletion(request, metadata=bearer(key))
+            if stream
+            else d.chat.CreateChatCompletion(unary, metadata=bearer(key))
+        )
+        await asyncio.sleep(delay)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            if stream:
+                async for _ in call:
+                    pass
+            else:
+                await call
+
+    rng = random.Random(7)
+    for _ in range(20):  # cancels spread over admission, routing and the first tokens
+        await asyncio.gather(
+            *(cancel_after(rng.uniform(0, 0.03), stream=i % 2 == 0) for i in range(10))
+        )
+    await wait_until(lambda: all(e.active == 0 for e in d.engines.values()), timeout=10)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
