@@ -302,6 +302,8 @@ class SimEngine:
         stops = tuple(s for s in request.stop if s)
         tail = ""
         produced = 0
+        # A raw prompt is continued: its first word is a new word, as a model's would be.
+        continues = request.prompt is not None and not request.prompt[-1:].isspace()
         generated: list[str] = []  # kept for the prefix cache, as an engine keeps their KV
         while produced < natural and produced < limit:
             if produced >= cfg.failure_after_tokens:
@@ -310,7 +312,7 @@ class SimEngine:
                 if fault is FailureMode.STALL_AFTER_TOKENS:
                     await asyncio.Event().wait()  # alive but silent, until cancelled
             word = words[(offset + produced * 7) % len(words)]
-            text = word if produced == 0 else " " + word
+            text = word if produced == 0 and not continues else " " + word
             produced += 1
             if stops:
                 tail = (tail + text)[-64:]

@@ -148,7 +148,9 @@ class VllmEngine:
         model = self._served_model()
         client = self._client
         assert client is not None
-        headers = inject_headers({"content-type": "application/json"}) if self._traced else None
+        headers = {"content-type": "application/json"}  # vLLM refuses a body without it
+        if self._traced:
+            headers = inject_headers(headers)
         vectors: list[list[float]] = [[] for _ in request.inputs]
         tokens = 0
         for positions, body in embedding_bodies(request, model):

@@ -125,6 +125,7 @@ async def test_sdk_completion_whole(client: openai.AsyncOpenAI, http: httpx.Asyn
     assert choice.index == 0 and choice.finish_reason == "length"
     words = choice.text.split()
     assert len(words) == 4 and set(words) <= set(PROMPT.split())
+    assert choice.text.startswith(" ")  # the prompt is continued, not answered
     assert done.usage is not None and done.usage.completion_tokens == 4
     assert done.usage.total_tokens == done.usage.prompt_tokens + 4 and done.usage.prompt_tokens > 0
     response = await http.post(
