@@ -6,7 +6,14 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 # Headers a browser client may send and read (CORS), when CORS is on.
-_CORS_REQUEST_HEADERS = ["authorization", "api-key", "content-type", "x-request-id", "openai-*"]
+_CORS_REQUEST_HEADERS = [
+    "authorization",
+    "api-key",
+    "content-type",
+    "x-request-id",
+    "x-session-id",
+    "openai-*",
+]
 _CORS_EXPOSED = [
     "x-request-id",
     "x-llmgw-model",
