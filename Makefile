@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-unit test-integration lint fmt proto proto-check breaking bench bench-routing clean
-.PHONY: system-deps
+.PHONY: system-deps certs
 .PHONY: vllm models run-vllm test-e2e
 
 # vLLM (CPU) and the model folders it serves: built once, kept between runs.
@@ -87,6 +87,10 @@ run-vllm: $(STAMP) models
 ## test-e2e: the end-to-end tier against that real stack (installs vLLM and the models first)
 test-e2e: $(STAMP) models
 	$(BIN)/python -m pytest tests/e2e
+
+## certs: a local CA and TLS/mTLS certificates in certs/ (README "Security"; CERTS_ARGS="--san gw.example")
+certs: $(STAMP)
+	$(BIN)/python scripts/make_certs.py --out certs $(CERTS_ARGS)
 
 ## lint: ruff, mypy and buf lint
 lint: $(STAMP)

@@ -19,6 +19,7 @@ from backends.server import start_sidecar
 from backends.settings import SidecarSettings
 from common.batching import StreamLimits
 from common.grpcutil.runtime import install_event_loop_policy
+from common.grpcutil.tls import server_tls
 from common.observability.logs import configure_logging
 from common.observability.metrics import serve_metrics
 from common.observability.tracing import configure_tracing, shutdown_tracing
@@ -49,6 +50,7 @@ async def serve(args: SidecarSettings, engine: Engine) -> None:
         args.stream_interval_ms / 1000,
         max_hold_s=args.max_hold_ms / 1000,
         limits=StreamLimits(stall_timeout_s=args.stall_timeout_s),
+        tls=server_tls(args.tls_cert, args.tls_key, args.tls_client_ca),
     )
     logging.getLogger("llmgw.sidecar").info(
         "sidecar serving model %s with engine %s on port %d",

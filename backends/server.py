@@ -15,6 +15,7 @@ from backends.servicer import BackendServicer
 from common.batching import StreamLimits
 from common.grpcutil.malformed import MalformedRequestInterceptor
 from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection
+from common.grpcutil.tls import ServerTls, add_port
 from common.observability.tracing import grpc_server_interceptors
 from common.pace import DEFAULT_MAX_HOLD_S, LoopLagPace, PaceSettings
 from llmgw.backend.v1 import backend_pb2, backend_pb2_grpc
@@ -88,6 +89,7 @@ async def start_sidecar(
     *,
     max_hold_s: float = DEFAULT_MAX_HOLD_S,
     limits: StreamLimits | None = None,
+    tls: ServerTls | None = None,
 ) -> RunningSidecar:
     """Start serving ``engine`` on ``address`` (port 0 picks a free port).
 
@@ -111,7 +113,7 @@ async def start_sidecar(
         BackendServicer(engine, pace, limits), server
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(address)
+    port = add_port(server, address, tls)  # TLS, and mTLS with tls.client_ca
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await engine.start()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.grpcutil.tls import server_tls
 
 
 class SidecarSettings(BaseSettings):
@@ -56,6 +60,15 @@ class SidecarSettings(BaseSettings):
         "cut off (the engine's request is aborted).",
     )
 
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate: serve gRPC over TLS (with --tls-key)."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="CA of the clients' certificates: mutual TLS, callers without a "
+        "certificate from it (anyone but the gateway) are refused.",
+    )
     shutdown_grace_s: float = Field(
         default=5.0,
         ge=0,
@@ -71,6 +84,11 @@ class SidecarSettings(BaseSettings):
         if name not in engine_names():
             raise ValueError(f"unknown engine {name!r}; known: {', '.join(engine_names())}")
         return name
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> SidecarSettings:
+        server_tls(self.tls_cert, self.tls_key, self.tls_client_ca)  # ValueError if half given
+        return self
 
     @model_validator(mode="after")
     def _engine_needs(self) -> SidecarSettings:

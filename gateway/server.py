@@ -14,6 +14,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from common.batching import StreamLimits
 from common.grpcutil.malformed import MalformedRequestInterceptor
 from common.grpcutil.server import SERVER_OPTIONS, add_health_and_reflection, mark_serving
+from common.grpcutil.tls import ClientTls, ServerTls, add_port
 from common.observability.tracing import grpc_server_interceptors
 from common.pace import LoopLagPace, PaceSettings
 from gateway.adapters.backend_client import GrpcBackendClient
@@ -118,6 +119,8 @@ async def start_gateway(
     routing_file: Path | None = None,
     resolver: Resolver | None = None,
     extra_addresses: Sequence[str] = (),
+    tls: ServerTls | None = None,
+    backend_tls: ClientTls | None = None,
 ) -> RunningGateway:
     """Start a gateway serving ``config`` on ``address`` (port 0 picks one).
 
@@ -129,7 +132,7 @@ async def start_gateway(
     from) is watched and reloaded on change or SIGHUP; endpoint host names are
     resolved with ``resolver`` (the system's by default) and re-resolved.
     """
-    backends = GrpcBackendClient()
+    backends = GrpcBackendClient(backend_tls)
     registry = ModelRegistry(())
     # What the monitor exports after each health round (the limiter's state joins below).
     exporters: list[Callable[[], None]] = [lambda: export_routing_state(registry)]
@@ -231,17 +234,17 @@ async def start_gateway(
         registration.register(server)
     names = [r.descriptor.full_name for r in registrations]
     health = add_health_and_reflection(server, names)
-    port = server.add_insecure_port(address)
+    port = add_port(server, address, tls)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     # A worker's own address (--worker-listen): clients balance requests over workers.
     for extra in extra_addresses:
-        if server.add_insecure_port(extra) == 0:
+        if add_port(server, extra, tls) == 0:
             raise RuntimeError(f"could not bind {extra}")
     admin_port = None
     if admin_server is not None and admin_address is not None:
         admin_health = add_health_and_reflection(admin_server, (admin.descriptor.full_name,))
-        admin_port = admin_server.add_insecure_port(admin_address)
+        admin_port = add_port(admin_server, admin_address, tls)
         if admin_port == 0:
             raise RuntimeError(f"could not bind the admin address {admin_address}")
         await admin_server.start()

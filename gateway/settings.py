@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.grpcutil.tls import client_tls, server_tls
 
 
 class GatewaySettings(BaseSettings):
@@ -44,6 +46,30 @@ class GatewaySettings(BaseSettings):
     redis_failure: Literal["open", "closed"] = Field(
         default="open", description="When Redis is unreachable: serve (open) or 503 (closed)."
     )
+
+    # TLS (README "Security"). Server side: the API port; client side: the sidecars.
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate: serve the gRPC API over TLS (with --tls-key)."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="Require client certificates from this CA (mutual TLS)."
+    )
+    backend_tls_ca: Path | None = Field(
+        default=None, description="Call the sidecars over TLS, verifying them against this CA."
+    )
+    backend_tls_cert: Path | None = Field(
+        default=None, description="Client certificate presented to the sidecars (mutual TLS)."
+    )
+    backend_tls_key: Path | None = Field(
+        default=None, description="Private key of --backend-tls-cert."
+    )
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> GatewaySettings:
+        server_tls(self.tls_cert, self.tls_key, self.tls_client_ca)  # ValueError if half given
+        client_tls(self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key)
+        return self
 
     def worker_address(self, index: int) -> str | None:
         """Worker ``index``'s own address, if ``worker_listen`` names one."""

@@ -11,6 +11,7 @@ import logging
 import signal
 
 from common.grpcutil.runtime import install_event_loop_policy
+from common.grpcutil.tls import client_tls, server_tls
 from common.observability.logs import configure_logging
 from common.observability.tracing import configure_tracing, shutdown_tracing
 from gateway.config import GatewayConfig
@@ -31,6 +32,10 @@ async def serve(settings: GatewaySettings, config: GatewayConfig, index: int = 0
         settings.admin_listen or None,
         routing_file=settings.config,
         extra_addresses=(own,) if own else (),
+        tls=server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
+        backend_tls=client_tls(
+            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key
+        ),
     )
     log.info("gateway serving %d models on port %d", len(config.models), gateway.port)
     stop = asyncio.Event()

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from common.grpcutil.server import CHANNEL_OPTIONS, ROUND_ROBIN
+from common.grpcutil.tls import ClientTls, open_channel
 from common.observability.tracing import grpc_client_interceptors
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
@@ -45,7 +46,7 @@ class GatewayClient:
     (with SO_REUSEPORT workers, the kernel places each connection).
     """
 
-    def __init__(self, target: str, channels: int = 1) -> None:
+    def __init__(self, target: str, channels: int = 1, tls: ClientTls | None = None) -> None:
         options = (
             *CHANNEL_OPTIONS,
             ("grpc.service_config", ROUND_ROBIN),
@@ -53,9 +54,7 @@ class GatewayClient:
             ("grpc.use_local_subchannel_pool", 1),
         )
         self.channels = [
-            grpc.aio.insecure_channel(
-                target, options=options, interceptors=grpc_client_interceptors()
-            )
+            open_channel(target, tls, options, interceptors=grpc_client_interceptors())
             for _ in range(channels)
         ]
         self.channel = self.channels[0]
@@ -84,7 +83,9 @@ def create_app(settings: ShimSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.gateway = GatewayClient(settings.gateway, settings.gateway_channels)
+        app.state.gateway = GatewayClient(
+            settings.gateway, settings.gateway_channels, settings.gateway_tls()
+        )
         yield
         decoder.close()
         await app.state.gateway.close()

@@ -1,4 +1,4 @@
-"""Bounded shutdown of the shim.
+"""Bounded shutdown of the shim (and reloading its HTTPS certificate).
 
 On SIGTERM uvicorn stops accepting connections, closes idle ones and waits
 for requests in flight, by default for as long as the longest stream (up to
@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,8 +54,48 @@ class ShimServer(uvicorn.Server):
         super().__init__(config)
         self._on_drain = on_drain
 
+    _reload_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving; with HTTPS, also watch the certificate files."""
+        await super().startup(sockets)
+        if self.config.ssl is not None and self.config.ssl_certfile:
+            self._reload_task = asyncio.create_task(self._reload_certificate())
+
+    async def _reload_certificate(self, interval_s: float = 1.0) -> None:
+        """Load the certificate again when its files change: new handshakes use it
+        (SSLContext.load_cert_chain replaces the pair in place)."""
+        config = self.config
+        assert config.ssl is not None
+        paths = [Path(str(p)) for p in (config.ssl_certfile, config.ssl_keyfile) if p]
+
+        def stamp() -> tuple[tuple[int, int], ...]:
+            return tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+
+        seen = stamp()
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                now = stamp()
+                if now == seen:
+                    continue
+                config.ssl.load_cert_chain(
+                    str(config.ssl_certfile),
+                    str(config.ssl_keyfile) if config.ssl_keyfile else None,
+                    config.ssl_keyfile_password,
+                )
+            except (OSError, ssl.SSLError) as error:
+                log.error(
+                    "HTTPS certificate not reloaded, still serving the previous one: %s", error
+                )
+                continue
+            seen = now
+            log.info("HTTPS certificate %s reloaded", config.ssl_certfile)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Drain for up to the grace, then cut off what is left with an explicit error."""
+        if self._reload_task is not None:
+            self._reload_task.cancel()
         self._on_drain()
         in_flight = len(self.server_state.tasks)
         if in_flight:

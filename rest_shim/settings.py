@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.grpcutil.tls import ClientTls, client_tls
 
 
 class ShimSettings(BaseSettings):
@@ -72,8 +76,34 @@ class ShimSettings(BaseSettings):
         description="On SIGTERM, time requests in flight get to finish; then streams end "
         "with an SSE error event.",
     )
+    # TLS (README "Security"): HTTPS for clients, TLS (and a client certificate) to the gateway.
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate: serve HTTPS (with --tls-key); reloaded on change.",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of --tls-cert.")
+    gateway_tls_ca: Path | None = Field(
+        default=None, description="Call the gateway over TLS, verifying it against this CA."
+    )
+    gateway_tls_cert: Path | None = Field(
+        default=None, description="Client certificate presented to the gateway (mutual TLS)."
+    )
+    gateway_tls_key: Path | None = Field(
+        default=None, description="Private key of --gateway-tls-cert."
+    )
     log_level: str = "info"
     metrics_listen: str = Field(
         default="127.0.0.1:9102",
         description="host:port of /metrics; empty to disable. Never the public REST port.",
     )
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ShimSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("HTTPS needs both --tls-cert and --tls-key")
+        self.gateway_tls()  # ValueError if inconsistent
+        return self
+
+    def gateway_tls(self) -> ClientTls | None:
+        """TLS settings of the channel to the gateway (None: plaintext)."""
+        return client_tls(self.gateway_tls_ca, self.gateway_tls_cert, self.gateway_tls_key)

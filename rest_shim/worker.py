@@ -29,6 +29,8 @@ def uvicorn_config(settings: ShimSettings, app: FastAPI) -> uvicorn.Config:
         http=guarded_protocol(connection_limits(settings)),  # httptools with limits
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        ssl_certfile=settings.tls_cert,  # HTTPS when set; ShimServer reloads it on change
+        ssl_keyfile=settings.tls_key,
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,  # keep our JSON logging

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.grpcutil.server import CHANNEL_OPTIONS
 from common.grpcutil.status import parse_status
+from common.grpcutil.tls import ClientTls, open_channel
 from common.observability.tracing import grpc_client_interceptors
 from gateway.adapters.backend_convert import (
     to_backend_request,
@@ -70,7 +71,8 @@ class GrpcBackendClient:
     """Streams generations from sidecars. Channels are created on first use
     and shared by all requests to one endpoint (HTTP/2 multiplexing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ClientTls | None = None) -> None:
+        self._tls = tls  # TLS (and mTLS with a client certificate) to every sidecar
         self._stubs: dict[str, pb_grpc.BackendServiceStub] = {}
         self._health: dict[str, health_pb2_grpc.HealthStub] = {}
         self._channel_of: dict[str, grpc.aio.Channel] = {}
@@ -79,8 +81,8 @@ class GrpcBackendClient:
     def _stub(self, address: str) -> pb_grpc.BackendServiceStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+            channel = open_channel(
+                address, self._tls, CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
             )
             self._channels.append(channel)
             self._channel_of[address] = channel
