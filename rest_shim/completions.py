@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -176,7 +176,26 @@ def _usage(usage: Any) -> dict[str, int]:
     }
 
 
-def completion_json(response: pb.CreateCompletionResponse) -> bytes:
+def legacy_logprobs(entries: Sequence[Any], offset: int = 0) -> dict[str, list[Any]]:
+    """OpenAI's legacy ``logprobs`` object of some tokens: parallel lists, the
+    alternatives as token -> logprob maps, ``text_offset`` each token's position in
+    the choice's text (from ``offset``, where the previous chunk's tokens ended)."""
+    tokens, values, tops, offsets = [], [], [], []
+    for entry in entries:
+        tokens.append(entry.token)
+        values.append(entry.logprob)
+        tops.append({t.token: t.logprob for t in entry.top_logprobs})
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": values,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def completion_json(response: pb.CreateCompletionResponse, with_logprobs: bool = False) -> bytes:
     """OpenAI's ``text_completion`` object."""
     return orjson.dumps(
         {
@@ -188,7 +207,7 @@ def completion_json(response: pb.CreateCompletionResponse) -> bytes:
                 {
                     "text": c.text,
                     "index": c.index,
-                    "logprobs": None,
+                    "logprobs": legacy_logprobs(c.logprobs) if with_logprobs else None,
                     "finish_reason": FINISH_REASONS.get(c.finish_reason, "stop"),
                 }
                 for c in response.choices
@@ -202,7 +221,7 @@ class CompletionChunkEncoder:
     """Encodes the SSE events of one streamed text completion; what is constant
     in every chunk is encoded once."""
 
-    __slots__ = ("_head", "_tail")
+    __slots__ = ("_head", "_offsets", "_tail")
 
     def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
         self._head = (
@@ -216,6 +235,7 @@ class CompletionChunkEncoder:
         )
         # With include_usage, OpenAI sends "usage":null on every chunk but the last.
         self._tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+        self._offsets: dict[int, int] = {}  # where each choice's next token starts
 
     def text(self, index: int, text: str) -> bytes:
         """A text delta of one choice."""
@@ -226,6 +246,22 @@ class CompletionChunkEncoder:
             + b',"index":'
             + str(index).encode()
             + b',"logprobs":null,"finish_reason":null}'
+            + self._tail
+        )
+
+    def text_with_logprobs(self, index: int, text: str, entries: Sequence[Any]) -> bytes:
+        """A text delta with its tokens' log probabilities (``logprobs`` was asked)."""
+        offset = self._offsets.get(index, 0)
+        self._offsets[index] = offset + sum(len(e.token) for e in entries)
+        return (
+            self._head
+            + b'{"text":'
+            + orjson.dumps(text)
+            + b',"index":'
+            + str(index).encode()
+            + b',"logprobs":'
+            + orjson.dumps(legacy_logprobs(entries, offset))
+            + b',"finish_reason":null}'
             + self._tail
         )
 
@@ -250,9 +286,14 @@ class CompletionChunkEncoder:
 class CompletionResponse(Response):
     """Runs a unary CreateCompletion and answers ``text_completion`` JSON."""
 
-    def __init__(self, start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]]) -> None:
+    def __init__(
+        self,
+        start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]],
+        with_logprobs: bool = False,
+    ) -> None:
         super().__init__()
         self._start_call = start_call
+        self._with_logprobs = with_logprobs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer once every choice is whole; cancel the call if the client leaves."""
@@ -272,7 +313,9 @@ class CompletionResponse(Response):
             watcher.cancel()
         headers = [*JSON_HEADERS, request_id.header(scope), *routing]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": completion_json(response)})
+        await send(
+            {"type": "http.response.body", "body": completion_json(response, self._with_logprobs)}
+        )
 
 
 class CompletionStreamResponse(Response):
@@ -322,7 +365,11 @@ class CompletionStreamResponse(Response):
             while (message := await read()) is not grpc.aio.EOF:
                 kind = message.WhichOneof("event")
                 if kind == "delta":
-                    chunk = encoder.text(message.delta.index, message.delta.text)
+                    delta = message.delta
+                    if delta.logprobs:
+                        chunk = encoder.text_with_logprobs(delta.index, delta.text, delta.logprobs)
+                    else:
+                        chunk = encoder.text(delta.index, delta.text)
                 elif kind == "choice_end":
                     end = message.choice_end
                     chunk = encoder.finish(end.index, end.finish_reason)
@@ -392,5 +439,6 @@ async def create_completion(request: Request) -> Response:
         )
     unary_request = pb.CreateCompletionRequest(params=params)
     return CompletionResponse(
-        lambda: stub.CreateCompletion(unary_request, metadata=metadata, timeout=timeout)
+        lambda: stub.CreateCompletion(unary_request, metadata=metadata, timeout=timeout),
+        with_logprobs=body.logprobs is not None,
     )

@@ -46,7 +46,13 @@ from backends.engine import (
     ToolCallFragment,
 )
 from backends.engines.prefix_cache import PrefixCache, PrefixCacheStats, prompt_text
-from backends.engines.sim_plan import ChoicePlan, logprob_of, needs_plan, plan_choice
+from backends.engines.sim_plan import (
+    ChoicePlan,
+    continues_prompt,
+    logprob_of,
+    needs_plan,
+    plan_choice,
+)
 
 _sleep = asyncio.sleep  # the engine's only clock wait (a test may record the delays)
 
@@ -302,8 +308,7 @@ class SimEngine:
         stops = tuple(s for s in request.stop if s)
         tail = ""
         produced = 0
-        # A raw prompt is continued: its first word is a new word, as a model's would be.
-        continues = request.prompt is not None and not request.prompt[-1:].isspace()
+        continues = continues_prompt(request)
         generated: list[str] = []  # kept for the prefix cache, as an engine keeps their KV
         while produced < natural and produced < limit:
             if produced >= cfg.failure_after_tokens:

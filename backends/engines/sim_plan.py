@@ -90,6 +90,12 @@ def _tool_to_call(request: EngineRequest) -> Mapping[str, Any] | None:
     return tools[0]
 
 
+def continues_prompt(request: EngineRequest) -> bool:
+    """A raw prompt is continued: the first word generated is a new word (a leading
+    space), as a model's continuation of unfinished text would be."""
+    return request.prompt is not None and not request.prompt[-1:].isspace()
+
+
 def plan_choice(
     request: EngineRequest,
     words: Sequence[str],
@@ -140,9 +146,10 @@ def plan_choice(
         plan.tokens.extend(PlannedToken("text", piece) for piece in _fragments(text))
         return plan
     tail = ""
+    continues = continues_prompt(request)
     for i in range(natural_tokens):
         word = words[(offset + i * 7) % len(words)]
-        text = word if i == 0 else " " + word
+        text = word if i == 0 and not continues else " " + word
         if stops:
             tail = (tail + text)[-64:]
             hit = _stop_in(tail, text, stops)

@@ -100,6 +100,9 @@ def chat_body(request: EngineRequest, model: str) -> bytes:
         if value is not None:
             body[key] = value
     _add_features(body, request)
+    if request.prompt is not None and request.logprobs:
+        # /v1/completions takes OpenAI's legacy form: the number of alternatives.
+        body["logprobs"] = body.pop("top_logprobs", 0) or 0
     return orjson.dumps(body)
 
 
@@ -275,7 +278,7 @@ class StreamParser:
                 ),
             )
             for entry in ((logprobs or {}).get("content") or ())
-        )
+        ) or _legacy_logprobs(logprobs)
         if not (text or reasoning or calls or entries):
             return None
         return ChoiceEvent(
@@ -378,3 +381,25 @@ def parse_metrics(text: str) -> EngineLoad:
         else:
             kv.append(value)
     return EngineLoad(int(running), int(waiting), max(kv) if kv else None)
+
+
+def _legacy_logprobs(logprobs: dict[str, Any] | None) -> tuple[TokenLogprob, ...]:
+    """/v1/completions' form (parallel lists; alternatives as a token -> logprob map)
+    as the engine contract's entries. Token bytes are the token's UTF-8."""
+    if not logprobs or "tokens" not in logprobs:
+        return ()
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    return tuple(
+        TokenLogprob(
+            token=token,
+            logprob=float(values[i]) if i < len(values) and values[i] is not None else 0.0,
+            bytes=token.encode(),
+            top=tuple(
+                (alt, float(lp), alt.encode())
+                for alt, lp in ((tops[i] if i < len(tops) else None) or {}).items()
+            ),
+        )
+        for i, token in enumerate(tokens)
+    )

@@ -16,12 +16,21 @@ import grpc
 from opentelemetry import trace
 
 from common.grpcutil.status import ErrorDetails, build_status
-from gateway.domain.chat import ChatRequest, Finished, Routed, Usage
+from gateway.domain.chat import (
+    NO_FEATURES,
+    ChatRequest,
+    ChoiceDelta,
+    Features,
+    Finished,
+    Routed,
+    TokenLogprob,
+    Usage,
+)
 from gateway.domain.fanout import merged
 from gateway.domain.service import ChatCompletionService, Completion
 from gateway.errors import BackendFailed, GatewayError, InvalidRequest, Violation
 from gateway.transport.auth import current_caller
-from gateway.transport.convert import FINISH_REASONS
+from gateway.transport.convert import FINISH_REASONS, to_logprobs
 from gateway.transport.servicer import (
     annotate_admitted,
     annotate_finished,
@@ -44,6 +53,8 @@ MAX_CHOICES = 128
 # max_tokens when the client sets none: OpenAI's documented default for completions
 # (and vLLM's), not the model's chat default.
 DEFAULT_MAX_TOKENS = 16
+# OpenAI's limit of alternatives per position for legacy completions.
+MAX_LOGPROBS = 5
 
 
 def to_prompt_requests(params: pb.CompletionParams) -> list[ChatRequest]:
@@ -54,8 +65,22 @@ def to_prompt_requests(params: pb.CompletionParams) -> list[ChatRequest]:
         problems.append(
             Violation("suffix", "suffix (insertion) is not supported by this gateway's engines")
         )
+    features = NO_FEATURES
     if params.HasField("logprobs"):
-        problems.append(Violation("logprobs", "logprobs are not supported for completions yet"))
+        if not 0 <= params.logprobs <= MAX_LOGPROBS:
+            problems.append(
+                Violation(
+                    "logprobs",
+                    f"logprobs must be between 0 and {MAX_LOGPROBS}, got {params.logprobs}",
+                )
+            )
+        elif params.echo:
+            problems.append(
+                Violation(
+                    "echo", "echo with logprobs (the prompt's log probabilities) is not supported"
+                )
+            )
+        features = Features(logprobs=True, top_logprobs=params.logprobs)
     n = params.n if params.HasField("n") else 1
     if n < 1:
         problems.append(Violation("n", f"n must be at least 1, got {n}"))
@@ -66,7 +91,7 @@ def to_prompt_requests(params: pb.CompletionParams) -> list[ChatRequest]:
             Violation("n", f"at most {MAX_CHOICES} choices (prompts times n) per request")
         )
     if problems:
-        unsupported = all(p.field in ("suffix", "logprobs") for p in problems)
+        unsupported = all(p.field in ("suffix", "echo") for p in problems)
         raise InvalidRequest(problems, reason="unsupported_parameter" if unsupported else None)
     seed = params.seed if params.HasField("seed") else None
     return [
@@ -86,6 +111,7 @@ def to_prompt_requests(params: pb.CompletionParams) -> list[ChatRequest]:
                 params.frequency_penalty if params.HasField("frequency_penalty") else None
             ),
             user=params.user,
+            features=features,
         )
         for prompt in params.prompts
         for j in range(n)
@@ -125,6 +151,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         try:
             completions = await self._admit(params, context)
             texts: list[list[str]] = [[] for _ in completions]
+            logprobs: list[list[TokenLogprob]] = [[] for _ in completions]
             finishes: list[Finished | None] = [None] * len(completions)
             routed: Routed | None = None
             streams = [self._service.stream(c) for c in completions]
@@ -132,6 +159,9 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
                 async for index, event in events:
                     if type(event) is str:
                         texts[index].append(event)
+                    elif type(event) is ChoiceDelta:  # text with its log probabilities
+                        texts[index].append(event.content)
+                        logprobs[index].extend(event.logprobs)
                     elif type(event) is Routed:
                         routed = routed or event
                     else:
@@ -155,6 +185,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
                         index=index,
                         text=prefix + "".join(parts),
                         finish_reason=FINISH_REASONS[finished.reason],
+                        logprobs=to_logprobs(logprobs[index]),
                     )
                 )
             annotate_finished(span, _total(finishes, usage))
@@ -189,6 +220,14 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
                 async for index, event in events:
                     if type(event) is str:
                         yield Response(delta=Delta(index=index, text=event))
+                    elif type(event) is ChoiceDelta:  # text with its log probabilities
+                        yield Response(
+                            delta=Delta(
+                                index=index,
+                                text=event.content,
+                                logprobs=to_logprobs(event.logprobs),
+                            )
+                        )
                     elif type(event) is Routed:
                         if not started:
                             started = True

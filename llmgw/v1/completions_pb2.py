@@ -23,33 +23,34 @@ _sym_db = _symbol_database.Default()
 
 
 from llmgw.v1 import chat_pb2 as llmgw_dot_v1_dot_chat__pb2
+from llmgw.v1 import chat_types_pb2 as llmgw_dot_v1_dot_chat__types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgw/v1/completions.proto\x12\x08llmgw.v1\x1a\x13llmgw/v1/chat.proto\"\xac\x03\n\x10\x43ompletionParams\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x0e\n\x01n\x18\n \x01(\x05H\x06\x88\x01\x01\x12\x0c\n\x04\x65\x63ho\x18\x0b \x01(\x08\x12\x13\n\x06suffix\x18\x0c \x01(\tH\x07\x88\x01\x01\x12\x15\n\x08logprobs\x18\r \x01(\x05H\x08\x88\x01\x01\x12\x0c\n\x04user\x18\x0e \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x04\n\x02_nB\t\n\x07_suffixB\x0b\n\t_logprobs\"^\n\x10\x43ompletionChoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\"E\n\x17\x43reateCompletionRequest\x12*\n\x06params\x18\x01 \x01(\x0b\x32\x1a.llmgw.v1.CompletionParams\"\x93\x01\n\x18\x43reateCompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12+\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x1a.llmgw.v1.CompletionChoice\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.llmgw.v1.Usage\"\\\n\x17StreamCompletionRequest\x12*\n\x06params\x18\x01 \x01(\x0b\x32\x1a.llmgw.v1.CompletionParams\x12\x15\n\rinclude_usage\x18\x02 \x01(\x08\".\n\x0f\x43ompletionDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"S\n\x13\x43ompletionChoiceEnd\x12\r\n\x05index\x18\x01 \x01(\x05\x12-\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\"5\n\x13\x43ompletionStreamEnd\x12\x1e\n\x05usage\x18\x01 \x01(\x0b\x32\x0f.llmgw.v1.Usage\"\xda\x01\n\x18StreamCompletionResponse\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.llmgw.v1.StreamStartH\x00\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.llmgw.v1.CompletionDeltaH\x00\x12\x33\n\nchoice_end\x18\x03 \x01(\x0b\x32\x1d.llmgw.v1.CompletionChoiceEndH\x00\x12,\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1d.llmgw.v1.CompletionStreamEndH\x00\x42\x07\n\x05\x65vent2\xcb\x01\n\x11\x43ompletionService\x12Y\n\x10\x43reateCompletion\x12!.llmgw.v1.CreateCompletionRequest\x1a\".llmgw.v1.CreateCompletionResponse\x12[\n\x10StreamCompletion\x12!.llmgw.v1.StreamCompletionRequest\x1a\".llmgw.v1.StreamCompletionResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgw/v1/completions.proto\x12\x08llmgw.v1\x1a\x13llmgw/v1/chat.proto\x1a\x19llmgw/v1/chat_types.proto\"\xac\x03\n\x10\x43ompletionParams\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x0e\n\x01n\x18\n \x01(\x05H\x06\x88\x01\x01\x12\x0c\n\x04\x65\x63ho\x18\x0b \x01(\x08\x12\x13\n\x06suffix\x18\x0c \x01(\tH\x07\x88\x01\x01\x12\x15\n\x08logprobs\x18\r \x01(\x05H\x08\x88\x01\x01\x12\x0c\n\x04user\x18\x0e \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x04\n\x02_nB\t\n\x07_suffixB\x0b\n\t_logprobs\"\x88\x01\n\x10\x43ompletionChoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\x12(\n\x08logprobs\x18\x04 \x03(\x0b\x32\x16.llmgw.v1.TokenLogprob\"E\n\x17\x43reateCompletionRequest\x12*\n\x06params\x18\x01 \x01(\x0b\x32\x1a.llmgw.v1.CompletionParams\"\x93\x01\n\x18\x43reateCompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12+\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x1a.llmgw.v1.CompletionChoice\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.llmgw.v1.Usage\"\\\n\x17StreamCompletionRequest\x12*\n\x06params\x18\x01 \x01(\x0b\x32\x1a.llmgw.v1.CompletionParams\x12\x15\n\rinclude_usage\x18\x02 \x01(\x08\"X\n\x0f\x43ompletionDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12(\n\x08logprobs\x18\x03 \x03(\x0b\x32\x16.llmgw.v1.TokenLogprob\"S\n\x13\x43ompletionChoiceEnd\x12\r\n\x05index\x18\x01 \x01(\x05\x12-\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x16.llmgw.v1.FinishReason\"5\n\x13\x43ompletionStreamEnd\x12\x1e\n\x05usage\x18\x01 \x01(\x0b\x32\x0f.llmgw.v1.Usage\"\xda\x01\n\x18StreamCompletionResponse\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.llmgw.v1.StreamStartH\x00\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.llmgw.v1.CompletionDeltaH\x00\x12\x33\n\nchoice_end\x18\x03 \x01(\x0b\x32\x1d.llmgw.v1.CompletionChoiceEndH\x00\x12,\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1d.llmgw.v1.CompletionStreamEndH\x00\x42\x07\n\x05\x65vent2\xcb\x01\n\x11\x43ompletionService\x12Y\n\x10\x43reateCompletion\x12!.llmgw.v1.CreateCompletionRequest\x1a\".llmgw.v1.CreateCompletionResponse\x12[\n\x10StreamCompletion\x12!.llmgw.v1.StreamCompletionRequest\x1a\".llmgw.v1.StreamCompletionResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgw.v1.completions_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPLETIONPARAMS']._serialized_start=62
-  _globals['_COMPLETIONPARAMS']._serialized_end=490
-  _globals['_COMPLETIONCHOICE']._serialized_start=492
-  _globals['_COMPLETIONCHOICE']._serialized_end=586
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=588
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=657
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_start=660
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_end=807
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=809
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=901
-  _globals['_COMPLETIONDELTA']._serialized_start=903
-  _globals['_COMPLETIONDELTA']._serialized_end=949
-  _globals['_COMPLETIONCHOICEEND']._serialized_start=951
-  _globals['_COMPLETIONCHOICEEND']._serialized_end=1034
-  _globals['_COMPLETIONSTREAMEND']._serialized_start=1036
-  _globals['_COMPLETIONSTREAMEND']._serialized_end=1089
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=1092
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=1310
-  _globals['_COMPLETIONSERVICE']._serialized_start=1313
-  _globals['_COMPLETIONSERVICE']._serialized_end=1516
+  _globals['_COMPLETIONPARAMS']._serialized_start=89
+  _globals['_COMPLETIONPARAMS']._serialized_end=517
+  _globals['_COMPLETIONCHOICE']._serialized_start=520
+  _globals['_COMPLETIONCHOICE']._serialized_end=656
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=658
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=727
+  _globals['_CREATECOMPLETIONRESPONSE']._serialized_start=730
+  _globals['_CREATECOMPLETIONRESPONSE']._serialized_end=877
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=879
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=971
+  _globals['_COMPLETIONDELTA']._serialized_start=973
+  _globals['_COMPLETIONDELTA']._serialized_end=1061
+  _globals['_COMPLETIONCHOICEEND']._serialized_start=1063
+  _globals['_COMPLETIONCHOICEEND']._serialized_end=1146
+  _globals['_COMPLETIONSTREAMEND']._serialized_start=1148
+  _globals['_COMPLETIONSTREAMEND']._serialized_end=1201
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=1204
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=1422
+  _globals['_COMPLETIONSERVICE']._serialized_start=1425
+  _globals['_COMPLETIONSERVICE']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

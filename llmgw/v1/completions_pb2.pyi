@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from llmgw.v1 import chat_pb2 as _chat_pb2
+from llmgw.v1 import chat_types_pb2 as _chat_types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -68,8 +69,8 @@ class CompletionParams(_message.Message):
     engines: a set suffix is refused with a field violation.
     """
     logprobs: _builtins.int
-    """Log probabilities of this many most likely tokens per position (0-5).
-    Not supported yet: a set value is refused with a field violation.
+    """Return the log probability of every generated token and of this many
+    most likely alternatives per position (0-5); not together with echo.
     """
     user: _builtins.str
     """End-user identifier for abuse monitoring; never logged verbatim."""
@@ -153,19 +154,25 @@ class CompletionChoice(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     text: _builtins.str
     finish_reason: _chat_pb2.FinishReason.ValueType
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.TokenLogprob]:
+        """One entry per generated token, when logprobs was set."""
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         text: _builtins.str = ...,
         finish_reason: _chat_pb2.FinishReason.ValueType = ...,
+        logprobs: _abc.Iterable[_chat_types_pb2.TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,17 +272,23 @@ class CompletionDelta(_message.Message):
 
     INDEX_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     text: _builtins.str
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_chat_types_pb2.TokenLogprob]:
+        """The log probabilities of this text's tokens, when logprobs was set."""
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         text: _builtins.str = ...,
+        logprobs: _abc.Iterable[_chat_types_pb2.TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "logprobs", b"logprobs", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

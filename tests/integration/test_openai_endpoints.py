@@ -228,11 +228,43 @@ async def test_prompt_lists_and_n_give_indexed_choices(
     assert ends == {0: "length", 1: "length", 2: "length", 3: "length"}
 
 
+async def test_logprobs_whole_and_streamed(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    done = await client.completions.create(model="small", prompt=PROMPT, max_tokens=5, logprobs=2)
+    [choice] = done.choices
+    plain = await client.completions.create(model="small", prompt=PROMPT, max_tokens=5)
+    assert choice.text == plain.choices[0].text  # asking for logprobs changes no text
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens is not None and lp.text_offset is not None
+    assert "".join(lp.tokens) == choice.text and len(lp.tokens) == 5
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+    assert lp.token_logprobs is not None and all(v <= 0 for v in lp.token_logprobs)
+    assert lp.top_logprobs is not None and all(len(top) == 2 for top in lp.top_logprobs)
+    response = await http.post(
+        "/v1/completions", json={"model": "small", "prompt": PROMPT, "max_tokens": 5, "logprobs": 0}
+    )
+    assert_valid("CreateCompletionResponse", response.json())
+    assert all(top == {} for top in response.json()["choices"][0]["logprobs"]["top_logprobs"])
+
+    body = {"model": "small", "prompt": PROMPT, "max_tokens": 5, "logprobs": 2, "stream": True}
+    async with http.stream("POST", "/v1/completions", json=body) as streamed:
+        raw = b"".join([part async for part in streamed.aiter_bytes()])
+    chunks = [orjson.loads(e[6:]) for e in raw.split(b"\n\n")[:-2]]
+    for chunk in chunks:
+        assert_valid_against("completion chunk", completion_chunk_schema(), chunk)
+    texts = [c["choices"][0] for c in chunks if c["choices"][0]["logprobs"] is not None]
+    assert "".join(c["text"] for c in texts) == choice.text
+    assert [o for c in texts for o in c["logprobs"]["text_offset"]] == lp.text_offset
+    assert [v for c in texts for v in c["logprobs"]["token_logprobs"]] == lp.token_logprobs
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "code"),
     [
         ({"suffix": "the end"}, "suffix", "unsupported_parameter"),
-        ({"logprobs": 2}, "logprobs", "unsupported_parameter"),
+        ({"logprobs": 6}, "logprobs", None),
+        ({"logprobs": 1, "echo": True}, "echo", "unsupported_parameter"),
         ({"prompt": [1, 2, 3]}, "prompt", "unsupported_parameter"),
         ({"best_of": 3}, "best_of", "unsupported_parameter"),
         ({"logit_bias": {"50256": -100}}, "logit_bias", "unsupported_parameter"),
@@ -393,7 +425,7 @@ async def test_grpc_completions_unary_and_stream(deployment: Deployment) -> None
 
 async def test_grpc_completion_refusals_name_every_field(deployment: Deployment) -> None:
     stub = completions_pb2_grpc.CompletionServiceStub(deployment.channel)
-    params = completions_pb2.CompletionParams(model="small", suffix="end", logprobs=1)
+    params = completions_pb2.CompletionParams(model="small", suffix="end", logprobs=9)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateCompletion(completions_pb2.CreateCompletionRequest(params=params))
     parsed = parse_status(caught.value)

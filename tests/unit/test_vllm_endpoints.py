@@ -6,7 +6,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from backends.engine import Delta, EmbedRequest, EngineFailed, EngineRequest, Finished, FinishReason
+from backends.engine import (
+    ChoiceEvent,
+    Delta,
+    EmbedRequest,
+    EngineFailed,
+    EngineRequest,
+    Finished,
+    FinishReason,
+)
 from backends.engines.vllm_embeddings import embedding_bodies, parse_embeddings
 from backends.engines.vllm_protocol import StreamParser, chat_body
 
@@ -73,3 +81,23 @@ def test_vllms_answer_is_parsed_in_input_order() -> None:
 def test_a_malformed_or_short_answer_is_a_failure(body: bytes, count: int) -> None:
     with pytest.raises(EngineFailed):
         parse_embeddings(body, count)
+
+
+def test_legacy_logprobs_are_asked_as_a_count_and_read_back_as_entries() -> None:
+    request = EngineRequest(
+        request_id="r", model="x", messages=(), max_tokens=2, prompt="Hi", logprobs=True,
+        top_logprobs=2,
+    )  # fmt: skip
+    body = orjson.loads(chat_body(request, "m"))
+    assert body["logprobs"] == 2 and "top_logprobs" not in body
+    parser = StreamParser()
+    chunk = (
+        b'{"choices":[{"index":0,"text":" there","finish_reason":null,"logprobs":'
+        b'{"text_offset":[0],"token_logprobs":[-0.25],"tokens":[" there"],'
+        b'"top_logprobs":[{" there":-0.25," you":-1.5}]}}],"usage":{"completion_tokens":1}}'
+    )
+    event = parser.feed(chunk)
+    assert isinstance(event, ChoiceEvent) and event.text == " there"
+    [entry] = event.logprobs
+    assert (entry.token, entry.logprob, entry.bytes) == (" there", -0.25, b" there")
+    assert entry.top == ((" there", -0.25, b" there"), (" you", -1.5, b" you"))
