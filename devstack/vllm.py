@@ -60,6 +60,12 @@ class VllmModel:
     default_max_tokens: int | None = None  # None: up to the model's limit
     max_output_tokens: int = 1024
     fallbacks: tuple[str, ...] = ()
+    # vLLM 0.32 refuses any tool_choice but "none" without a tool-call parser
+    # ("tool_choice=function ... requires --tool-call-parser to be set").
+    # Hermes reads the ChatML <tool_call>{"name": ..., "arguments": ...}</tool_call>
+    # convention; a named or "required" choice is constrained to that envelope by
+    # guided decoding, so even a model never trained for tools answers with a call.
+    tool_call_parser: str | None = "hermes"
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     kind: str = "chat"
 
@@ -77,6 +83,11 @@ class VllmModel:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         }
+        tools = (
+            ("--tool-call-parser", self.tool_call_parser, "--enable-auto-tool-choice")
+            if self.tool_call_parser
+            else ()
+        )
         if self.cpu is not None:
             # Two servers left to "auto" both bind to core 0 and halve each other.
             env["VLLM_CPU_OMP_THREADS_BIND"] = str(self.cpu)
@@ -87,7 +98,7 @@ class VllmModel:
              "--host", host, "--port", str(self.vllm_port),
              "--max-model-len", str(self.max_model_len),
              "--max-num-seqs", str(self.max_num_seqs),
-             "--dtype", "bfloat16", "--disable-uvicorn-access-log", *self.extra_args],
+             "--dtype", "bfloat16", "--disable-uvicorn-access-log", *tools, *self.extra_args],
             python=self.python,
             env=env,
         )  # fmt: skip
