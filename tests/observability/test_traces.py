@@ -79,18 +79,27 @@ def test_one_request_is_one_trace_across_every_hop(
         )
     )
     assert chunks[-1].choices[0].finish_reason
-    deadline = time.monotonic() + 15
-    wanted = {"llmgw-shim", "llmgw-gateway", "llmgw-sidecar"}
+    K = trace_pb2.Span
+    chat_method = "/llmgw.v1.ChatService/StreamChatCompletion"
+    backend_method = "/llmgw.backend.v1.BackendService/Generate"
+    # Every span read below; each process exports on its own schedule, so wait for all.
+    wanted = {
+        ("llmgw-shim", "POST /v1/chat/completions", K.SPAN_KIND_SERVER),
+        ("llmgw-shim", chat_method, K.SPAN_KIND_CLIENT),
+        ("llmgw-gateway", chat_method, K.SPAN_KIND_SERVER),
+        ("llmgw-gateway", "llmgw.route", K.SPAN_KIND_INTERNAL),
+        ("llmgw-gateway", backend_method, K.SPAN_KIND_CLIENT),
+        ("llmgw-sidecar", backend_method, K.SPAN_KIND_SERVER),
+        ("llmgw-sidecar", "llmgw.engine/generate", K.SPAN_KIND_INTERNAL),
+    }
+    deadline = time.monotonic() + 30
+    trace_id = b""
     while time.monotonic() < deadline:
         chat = [s for _, s in received.spans if s.name == "POST /v1/chat/completions"]
         if chat:
             trace_id = chat[-1].trace_id
-            services = {svc for svc, s in received.spans if s.trace_id == trace_id}
-            if services >= wanted and any(
-                s.name == "llmgw.engine/generate"
-                for _, s in received.spans
-                if s.trace_id == trace_id
-            ):
+            seen = {(svc, s.name, s.kind) for svc, s in received.spans if s.trace_id == trace_id}
+            if seen >= wanted:
                 break
         time.sleep(0.1)
     else:
@@ -98,9 +107,6 @@ def test_one_request_is_one_trace_across_every_hop(
 
     spans = {(svc, s.name, s.kind): s for svc, s in received.spans if s.trace_id == trace_id}
     by_id = {s.span_id: (svc, name) for (svc, name, _), s in spans.items()}
-    K = trace_pb2.Span
-    chat_method = "/llmgw.v1.ChatService/StreamChatCompletion"
-    backend_method = "/llmgw.backend.v1.BackendService/Generate"
 
     def parent(service: str, name: str, kind: int) -> tuple[str, str] | None:
         span = spans[(service, name, kind)]
