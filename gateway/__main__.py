@@ -62,12 +62,17 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for child in children:
         child.start()
-    try:
-        run_worker(settings, config)
-    finally:
+
+    def stop_children() -> None:
         for child in children:
-            child.terminate()
-            child.join(5)
+            child.terminate()  # SIGTERM: each worker drains as this one does
+
+    try:
+        run_worker(settings, config, 0, stop_children)
+    finally:
+        stop_children()
+        for child in children:
+            child.join(settings.drain_grace_s + 10)
 
 
 if __name__ == "__main__":

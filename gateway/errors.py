@@ -174,3 +174,12 @@ class ClientStalled(GatewayError):
 
     kind = ErrorKind.DEADLINE_EXCEEDED
     reason = "client_stalled"
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is draining: new requests are refused, and a stream still
+    running when the drain grace ends is ended (after what it sent was metered).
+    Retrying reaches another replica."""
+
+    kind = ErrorKind.UNAVAILABLE
+    reason = "gateway_shutting_down"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health as grpc_health
 
 from common.batching import StreamLimits
 from common.grpcutil.malformed import MalformedRequestInterceptor
@@ -32,12 +35,14 @@ from gateway.telemetry import (
     Observers,
     PrometheusObserver,
     count_rate_limit_refusal,
+    count_usage_dropped,
     export_routing_state,
 )
 from gateway.tenancy.runtime import Tenancy, TenancyOptions, build_tenancy
 from gateway.transport.admin_servicer import AdminServicer
 from gateway.transport.auth import AuthInterceptor
 from gateway.transport.completions_servicer import CompletionServicer
+from gateway.transport.drain import DrainInterceptor
 from gateway.transport.embeddings_servicer import EmbeddingServicer
 from gateway.transport.request_limits import RequestLimitsInterceptor
 from gateway.transport.servicer import ChatServicer, ModelServicer
@@ -53,6 +58,11 @@ from llmgw.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+
+log = logging.getLogger("llmgw.gateway")
+
+# After the drain grace: how long ended streams get to finish their last write.
+CUT_MARGIN_S = 5.0
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 # The public API's services (request list sizes are capped on these).
@@ -96,12 +106,32 @@ class RunningGateway:
     # Every service registered on each server (the auth walk test reads them).
     services: tuple[ServiceDescriptor, ...] = field(default_factory=tuple)
     admin_services: tuple[ServiceDescriptor, ...] = field(default_factory=tuple)
+    health: list[grpc_health.aio.HealthServicer] = field(default_factory=list)
+    drain_gate: DrainInterceptor = field(default_factory=DrainInterceptor)
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving, stop health checks and close the backend channels."""
-        if self.admin_server is not None:
-            await self.admin_server.stop(grace)
-        await self.server.stop(grace)
+        """Drain, then stop. Readiness says NOT_SERVING at once and new calls are
+        refused (UNAVAILABLE: retry elsewhere); streams in progress finish for up
+        to ``grace`` seconds (None: however long), then end with an explicit
+        error. Every request is settled and metered before the meter closes;
+        usage the store cannot take is spooled. Then the health checks stop and
+        the backend channels close."""
+        for probes in self.health:
+            await probes.enter_graceful_shutdown()
+        # The server keeps taking calls during the grace, to refuse them with
+        # UNAVAILABLE (gRPC's own stop answers new calls with CANCELLED).
+        self.drain_gate.close()
+        cut = await self.service.drain(grace)
+        if cut:
+            log.warning("drain: %d requests still running after %ss were ended", cut, grace)
+        # Ended streams finish their last write; a handler blocked writing to a
+        # client that reads nothing is cancelled after a short margin.
+        margin = CUT_MARGIN_S if grace is None else min(CUT_MARGIN_S, max(grace, 0.5))
+        servers = [self.server] if self.admin_server is None else [self.admin_server, self.server]
+        await asyncio.gather(*(s.stop(margin) for s in servers))
+        # A cancelled handler settles in its own task, after the server let it go.
+        if not await self.service.wait_idle(CUT_MARGIN_S):
+            log.error("drain: %d requests did not end; their usage is lost", self.service.in_flight)
         if self.pace is not None:
             await self.pace.close()
         if self.tenancy is not None:
@@ -157,7 +187,7 @@ async def start_gateway(
         hold_s = streaming.max_hold_ms / 1000
         pace = LoopLagPace(PaceSettings(max_hold_s=hold_s, min_hold_s=min(0.010, hold_s)))
     tenants = (
-        build_tenancy(tenancy, registry, address, count_rate_limit_refusal)
+        build_tenancy(tenancy, registry, address, count_rate_limit_refusal, count_usage_dropped)
         if tenancy is not None
         else None
     )
@@ -176,12 +206,15 @@ async def start_gateway(
     )
     if tenants is not None:
         exporters.append(LimitsStateExporter(tenants.limiter))
-    # Tracing first (outermost), so refusals are traced too. Then authentication,
+    # Tracing first (outermost), so refusals are traced too. Then the drain gate
+    # (UNAVAILABLE for new calls once a drain began). Then authentication,
     # before anything parses the request: a caller without a key costs no decoding.
     # It is installed with or without a tenant file: the access table decides.
     # Then cheap refusals that look at no item: undecodable bytes, over-long lists.
+    drain_gate = DrainInterceptor()
     interceptors = [
         *grpc_server_interceptors(),
+        drain_gate,
         AuthInterceptor(tenants.directory.authenticate if tenants is not None else None),
         MalformedRequestInterceptor(),
         RequestLimitsInterceptor(PUBLIC_SERVICES, config.request_limits.max_list_items),
@@ -256,6 +289,8 @@ async def start_gateway(
         tenants.start()
     await mark_serving(health, names)
     return RunningGateway(
+        health=[health] if admin_server is None else [health, admin_health],
+        drain_gate=drain_gate,
         server=server,
         port=port,
         service=service,

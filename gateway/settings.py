@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.grpcutil.tls import client_tls, server_tls
@@ -65,11 +65,28 @@ class GatewaySettings(BaseSettings):
         default=None, description="Private key of --backend-tls-cert."
     )
 
+    drain_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM: how long streams in progress may finish before they are "
+        "ended with an error (new calls are refused at once).",
+    )
+    usage_spool: Path | None = Field(
+        default=Path(".llmgw/usage-spool.jsonl"),
+        description="Append-only file for usage the store could not take at shutdown "
+        "(replayed at the next start); empty disables it.",
+    )
+
     @model_validator(mode="after")
     def _tls_complete(self) -> GatewaySettings:
         server_tls(self.tls_cert, self.tls_key, self.tls_client_ca)  # ValueError if half given
         client_tls(self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key)
         return self
+
+    @field_validator("usage_spool", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     def worker_address(self, index: int) -> str | None:
         """Worker ``index``'s own address, if ``worker_listen`` names one."""

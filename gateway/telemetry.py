@@ -87,6 +87,7 @@ class GatewayMetrics:
     genai_tpot: Histogram
     genai_duration: Histogram
     genai_tokens: Histogram
+    usage_dropped: Counter
 
 
 @cache
@@ -246,12 +247,23 @@ def gateway_metrics() -> GatewayMetrics:
             (*GENAI_LABELS, "gen_ai_token_type"),
             buckets=GENAI_TOKEN_BUCKETS,
         ),
+        usage_dropped=Counter(
+            "llmgw_gateway_usage_events_dropped_total",
+            "Usage events lost (buffer full, store down at shutdown without a spool, "
+            "unreadable spool lines), by reason.",
+            ["reason"],
+        ),
     )
 
 
 def count_rate_limit_refusal(tenant: str, limit: str) -> None:
     """Count a request a tenant's limit refused (admission's refusal hook)."""
     gateway_metrics().rejections.labels(tenant, limit).inc()
+
+
+def count_usage_dropped(reason: str, count: int) -> None:
+    """Count usage events the meter lost (its drop hook)."""
+    gateway_metrics().usage_dropped.labels(reason).inc(count)
 
 
 class PrometheusObserver:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from common.grpcutil.runtime import install_event_loop_policy
 from common.grpcutil.tls import client_tls, server_tls
@@ -22,8 +23,15 @@ from gateway.tenancy.runtime import tenancy_options
 log = logging.getLogger("llmgw.gateway")
 
 
-async def serve(settings: GatewaySettings, config: GatewayConfig, index: int = 0) -> None:
-    """Serve until SIGINT or SIGTERM, then drain for up to five seconds."""
+async def serve(
+    settings: GatewaySettings,
+    config: GatewayConfig,
+    index: int = 0,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then drain (see RunningGateway.stop) for up
+    to ``drain_grace_s``. ``on_stop`` runs when the signal arrives (the parent
+    process passes the signal on to its workers, so all drain at once)."""
     own = settings.worker_address(index)
     gateway = await start_gateway(
         config,
@@ -43,15 +51,24 @@ async def serve(settings: GatewaySettings, config: GatewayConfig, index: int = 0
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await gateway.stop(grace=5.0)
+    log.info("draining: up to %ss for requests in progress", settings.drain_grace_s)
+    if on_stop is not None:
+        on_stop()
+    await gateway.stop(grace=settings.drain_grace_s)
+    log.info("gateway stopped")
 
 
-def run_worker(settings: GatewaySettings, config: GatewayConfig, index: int = 0) -> None:
+def run_worker(
+    settings: GatewaySettings,
+    config: GatewayConfig,
+    index: int = 0,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
     """Run one gateway process (the parent is worker 0, spawned workers 1...)."""
     configure_logging("gateway", settings.log_level)
     configure_tracing("llmgw-gateway")
     install_event_loop_policy()
     try:
-        asyncio.run(serve(settings, config, index))
+        asyncio.run(serve(settings, config, index, on_stop))
     finally:
         shutdown_tracing()

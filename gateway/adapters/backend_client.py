@@ -96,9 +96,10 @@ class GrpcBackendClient:
         call = self._stub(address).Generate(to_backend_request(generation))
         try:
             async for message in call:
-                # Per-token path: one field test, no allocation beyond the str.
+                # Per-token path: one field test, one small tuple beyond the str.
                 if message.HasField("delta"):
-                    yield message.delta.text
+                    delta = message.delta
+                    yield (delta.text, delta.token_count)
                 elif message.HasField("choice"):
                     yield to_choice_delta(message.choice)
                 else:

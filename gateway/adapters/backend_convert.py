@@ -178,4 +178,5 @@ def to_choice_delta(event: pb.ChoiceDelta) -> ChoiceDelta:
             )
             for lp in event.logprobs
         ),
+        tokens=event.token_count,
     )

@@ -253,6 +253,7 @@ class ChoiceDelta:
     reasoning: str = ""
     tool_calls: Sequence[ToolCallDelta] = ()
     logprobs: Sequence[TokenLogprob] = ()
+    tokens: int = 0  # how many tokens this event holds (for metering)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +265,10 @@ class Routed:
     backend: str
 
 
-# A backend stream yields the first choice's text deltas as plain ``str`` (the
-# per-token hot path stays allocation-light), ChoiceDelta for anything richer,
-# and ends with exactly one ``Finished``.
-StreamEvent = str | ChoiceDelta | Finished
+# A backend stream yields the first choice's text deltas as ``(text, tokens)``
+# tuples (the per-token hot path stays allocation-light: one small tuple),
+# ChoiceDelta for anything richer, and ends with exactly one ``Finished``. The
+# token counts let the gateway meter exactly what a client received when a
+# stream ends early (cancelled, failed, cut at shutdown).
+Delta = tuple[str, int]
+StreamEvent = Delta | ChoiceDelta | Finished

@@ -9,12 +9,14 @@ truncation. No transport code here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import cast
 
 from opentelemetry import trace
 
@@ -30,6 +32,7 @@ from gateway.domain.assemble import AssembledChoice, ChoiceAssembler
 from gateway.domain.chat import (
     ChatRequest,
     ChoiceDelta,
+    Delta,
     Finished,
     Generation,
     Routed,
@@ -55,6 +58,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
+    ShuttingDown,
 )
 from gateway.routing.endpoint import Endpoint
 from gateway.routing.pool import PoolSaturated, PoolUnavailable
@@ -67,6 +71,16 @@ _TRACER = trace.get_tracer("llmgw.gateway")
 
 # Errors worth another endpoint when no token has reached the client yet.
 _RETRYABLE = (BackendUnavailable, BackendTimeout, BackendFailed)
+
+# What a service yields to its transport: which model served, text, then Finished.
+Output = Routed | str | ChoiceDelta | Finished
+
+
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown(
+        "The gateway is shutting down; the stream was ended before it finished. Please retry.",
+        retry_after_s=1.0,
+    )
 
 
 def new_completion_id() -> str:
@@ -114,7 +128,28 @@ class CompletedText:
 
 def _weight(event: StreamEvent) -> int:
     """An event's share of the stream's buffer and batch limits: its characters."""
-    return len(event) + 1 if type(event) is str else 1
+    return len(event[0]) + 1 if type(event) is tuple else 1
+
+
+class _Live:
+    """One stream in progress, as a drain sees it: a flag, and the wait (for a
+    backend, a queue slot) that a drain interrupts. Per token the stream only
+    stores and clears ``wait`` and tests ``cut``."""
+
+    __slots__ = ("cut", "wait")
+
+    def __init__(self, cut: bool = False) -> None:
+        self.cut = cut
+        self.wait: asyncio.Timeout | None = None
+
+    def interrupt(self) -> None:
+        """End the stream at its next wait or message (ShuttingDown)."""
+        self.cut = True
+        wait = self.wait
+        if wait is not None:
+            # Fires at once; if the wait is already over the stream sees ``cut`` next.
+            with contextlib.suppress(RuntimeError):
+                wait.reschedule(asyncio.get_running_loop().time())
 
 
 class _FailedBeforeFirstToken(Exception):
@@ -144,6 +179,12 @@ class ChatCompletionService:
     ) -> None:
         self._registry = registry
         self._admission = admission
+        # Drain: streams in progress, admissions in progress, and whether new ones are refused.
+        self._live: set[_Live] = set()
+        self._admitting = 0
+        self._closing = False
+        self._cut_all = False
+        self._idle: asyncio.Event | None = None
         # Bounded per-stream buffer and batch size, and the hold that merges
         # tokens while this process falls behind (common.batching, common.pace).
         self._pace = pace
@@ -189,6 +230,8 @@ class ChatCompletionService:
         The returned completion holds a reservation when admission is on:
         ``stream`` (or ``complete``) settles it, so call one of them next.
         """
+        if self._closing:
+            raise ShuttingDown("The gateway is shutting down. Please retry.", retry_after_s=1.0)
         generation: Work
         unique = self._new_id().removeprefix(_CHAT_PREFIX)
         if isinstance(request, EmbeddingRequest):
@@ -207,7 +250,12 @@ class ChatCompletionService:
             generation = bind(request, completion_id, route.engine_model, max_tokens)
         grant = None
         if self._admission is not None:
-            grant = await self._admission.admit(caller, route, request)
+            self._admitting += 1
+            try:
+                grant = await self._admission.admit(caller, route, request)
+            finally:
+                self._admitting -= 1
+                self._notify_idle()
         return Completion(
             id=completion_id,
             model=route.name,
@@ -256,13 +304,54 @@ class ChatCompletionService:
             ),
         )
 
+    @property
+    def in_flight(self) -> int:
+        """Streams (and admissions) in progress."""
+        return len(self._live) + self._admitting
+
+    def close_admissions(self) -> None:
+        """Refuse new requests from now on (ShuttingDown: UNAVAILABLE, retry elsewhere)."""
+        self._closing = True
+
+    async def drain(self, grace_s: float | None) -> int:
+        """Refuse new requests, let those in progress finish for up to ``grace_s``
+        seconds (None: however long), then end the rest with ShuttingDown at
+        their next wait or message. Returns how many were ended. Each ended
+        stream settles what it sent; ``wait_idle`` waits for that."""
+        self._closing = True
+        await self.wait_idle(grace_s)
+        self._cut_all = True
+        cut = list(self._live)
+        for live in cut:
+            live.interrupt()
+        return len(cut)
+
+    async def wait_idle(self, timeout_s: float | None) -> bool:
+        """Wait until no stream or admission is in progress; False on timeout."""
+        if not self.in_flight:
+            return True
+        if self._idle is None or self._idle.is_set():
+            self._idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return not self.in_flight
+        return True
+
+    def _notify_idle(self) -> None:
+        if self._idle is not None and not self.in_flight:
+            self._idle.set()
+
     async def stream(
         self, completion: Completion, on_stall: Callable[[], None] | None = None
-    ) -> AsyncGenerator[Routed | StreamEvent, None]:
+    ) -> AsyncGenerator[Output, None]:
         """Yield one Routed, then text deltas, then exactly one Finished
         (see _route_and_stream). However it ends, report the request to the
         observer and settle its grant with what was used: the backend's exact
-        usage when it finished, else the text sent so far (estimated).
+        usage when it finished, else the tokens the consumer took (a text
+        counts once the consumer comes back for the next event, i.e. once the
+        transport has written it) and the prompt estimate.
 
         ``on_stall`` is called when the consumer took nothing for the stall
         timeout while the stream's buffer was full (a client that stopped
@@ -275,22 +364,35 @@ class ChatCompletionService:
         observer.started(completion.model)
         outcome, status = "cancelled", Status.CANCELLED
         usage: Finished | None = None
-        sent_chars = 0
+        sent_chars = sent_tokens = 0
         routed: Routed | None = None
         ttft: float | None = None
+        live = _Live(self._cut_all)
+        self._live.add(live)
         try:
-            events = self._route_and_stream(completion, began, on_stall)
+            events = self._route_and_stream(completion, began, on_stall, live)
             async with aclosing(events):
                 async for event in events:
-                    if type(event) is str:
-                        sent_chars += len(event)
-                    elif type(event) is Finished:
+                    if type(event) is tuple:
+                        text, tokens = event
+                        yield text
+                        sent_chars += len(text)
+                        sent_tokens += tokens
+                        if live.cut:
+                            raise _shutting_down()
+                        continue
+                    if type(event) is Finished:
                         outcome, status, usage = "ok", Status.OK, event
                     elif type(event) is Routed:
                         routed, ttft = event, self._monotonic() - began
                     elif type(event) is ChoiceDelta:
+                        yield event
                         sent_chars += _chars(event)
-                    yield event
+                        sent_tokens += event.tokens
+                        if live.cut:
+                            raise _shutting_down()
+                        continue
+                    yield event  # type: ignore[misc]  # a Delta went above
         except GatewayError as error:
             outcome = error.reason
             # Refused as invalid (by the engine, say) before anything was served.
@@ -308,7 +410,8 @@ class ChatCompletionService:
                 completion_tokens = usage.usage.completion_tokens
             else:
                 prompt_tokens = estimate_request_prompt(completion.request)
-                completion_tokens = estimate_tokens(sent_chars)
+                # Engines that send no per-delta counts: estimate from the text.
+                completion_tokens = sent_tokens or estimate_tokens(sent_chars)
             duration = self._monotonic() - began
             observer.finished(
                 RequestRecord(
@@ -341,9 +444,15 @@ class ChatCompletionService:
                         ttft_s=ttft,
                     ),
                 )
+            self._live.discard(live)
+            self._notify_idle()
 
     async def _route_and_stream(
-        self, completion: Completion, began: float, on_stall: Callable[[], None] | None = None
+        self,
+        completion: Completion,
+        began: float,
+        on_stall: Callable[[], None] | None = None,
+        live: _Live | None = None,
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
         """Yield one Routed, then text deltas, then exactly one Finished.
 
@@ -356,6 +465,7 @@ class ChatCompletionService:
         explicit error, never a clean end).
         """
         policy = self._policy
+        live = live or _Live()
         self._budget.on_request()
         key = request_key(completion.request)
         attempts = 0
@@ -370,19 +480,27 @@ class ChatCompletionService:
             previous = route
             tried: set[Endpoint] = set()
             while attempts < policy.retry.max_attempts:
+                if live.cut:
+                    raise _shutting_down()
                 try:
                     # A span per routing decision: queueing shows up in traces.
                     with _TRACER.start_as_current_span("llmgw.route") as span:
                         span.set_attribute("llmgw.model", route.name)
                         span.set_attribute("llmgw.queue_depth", route.pool.queue.depth)
-                        endpoint = await route.pool.acquire(
-                            key=key,
-                            tenant=completion.tenant,
-                            priority=completion.priority,
-                            timeout_s=policy.queue_timeout_s,
-                            exclude=tried,
-                        )
+                        async with asyncio.timeout(None) as wait:  # a drain may end it
+                            live.wait = wait
+                            endpoint = await route.pool.acquire(
+                                key=key,
+                                tenant=completion.tenant,
+                                priority=completion.priority,
+                                timeout_s=policy.queue_timeout_s,
+                                exclude=tried,
+                            )
+                        live.wait = None
                         span.set_attribute("llmgw.backend", endpoint.address)
+                except TimeoutError:
+                    live.wait = None
+                    raise _shutting_down() from None
                 except PoolUnavailable:
                     if not tried:  # otherwise the last attempt's error says more
                         error = BackendUnavailable(
@@ -404,9 +522,13 @@ class ChatCompletionService:
                         raise error
                     self._observer.retried(route.name)
                     await asyncio.sleep(self._backoff(attempts))
+                    if live.cut:
+                        route.pool.release(endpoint)
+                        endpoint.breaker.release_probe()
+                        raise _shutting_down()
                 attempts += 1
                 try:
-                    attempt = self._attempt(route, endpoint, generation, began, on_stall)
+                    attempt = self._attempt(route, endpoint, generation, began, on_stall, live)
                     async with aclosing(attempt) as events:
                         async for event in events:
                             yield event
@@ -441,8 +563,13 @@ class ChatCompletionService:
         generation: Work,
         began: float,
         on_stall: Callable[[], None] | None,
+        live: _Live,
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
-        """One backend call. Raises _FailedBeforeFirstToken when it may be retried."""
+        """One backend call. Raises _FailedBeforeFirstToken when it may be retried.
+
+        Each wait for the backend is registered on ``live``, so a drain can end
+        it at once; a timeout that fires with ``live.cut`` set is the drain's,
+        not the backend's (no verdict on the endpoint, no retry)."""
         policy = self._policy
         breaker = endpoint.breaker
         observer, now, model = self._observer, self._monotonic, route.name
@@ -460,9 +587,12 @@ class ChatCompletionService:
             async with aclosing(batches):
                 error: GatewayError
                 try:
-                    async with asyncio.timeout(policy.ttft_timeout_s):
+                    async with asyncio.timeout(policy.ttft_timeout_s) as wait:
+                        live.wait = wait
                         batch = await anext(batches, None)
                 except TimeoutError:
+                    if live.cut:
+                        raise _shutting_down() from None
                     batch = None
                     error = BackendTimeout("The model's backend did not answer in time.")
                 except InvalidRequest:
@@ -471,6 +601,8 @@ class ChatCompletionService:
                     batch, error = None, caught
                 else:
                     error = BackendFailed("The model's backend ended the stream without answering.")
+                finally:
+                    live.wait = None
                 if batch is None:
                     verdict = True
                     breaker.record_failure()
@@ -495,27 +627,31 @@ class ChatCompletionService:
                     if len(texts) == 1:
                         yield texts[0]
                     elif texts:
-                        try:
-                            joined = "".join(texts)  # type: ignore[arg-type]
-                        except TypeError:  # rich events among them: keep each, in order
+                        if all(type(t) is tuple for t in texts):
+                            deltas = cast("list[Delta]", texts)
+                            yield "".join([t for t, _ in deltas]), sum([n for _, n in deltas])
+                        else:  # rich events among them: keep each, in order
                             for item in _merge_text(texts):
                                 yield item
-                        else:
-                            yield joined
                     if end is not None:
                         yield end
                         return
                     try:
                         # The timeout wraps only the wait for the backend, never our
                         # yields: it must not fire while the client is being written to.
-                        async with asyncio.timeout(policy.idle_timeout_s):
+                        async with asyncio.timeout(policy.idle_timeout_s) as wait:
+                            live.wait = wait
                             batch = await anext(batches, None)
                     except TimeoutError:
+                        if live.cut:
+                            raise _shutting_down() from None
                         breaker.record_failure()
                         raise BackendTimeout("The model's backend stalled mid-stream.") from None
                     except GatewayError:
                         breaker.record_failure()
                         raise
+                    finally:
+                        live.wait = None
                 raise BackendFailed("The model's backend ended the stream before it finished.")
         finally:
             if not verdict:
@@ -551,17 +687,17 @@ def _chars(delta: ChoiceDelta) -> int:
 
 
 def _merge_text(items: list[StreamEvent]) -> list[StreamEvent]:
-    """Join runs of plain text between rich events (order kept)."""
+    """Join runs of plain text deltas between rich events (order kept)."""
     out: list[StreamEvent] = []
-    run: list[str] = []
+    run: list[Delta] = []
     for item in items:
-        if type(item) is str:
+        if type(item) is tuple:
             run.append(item)
             continue
         if run:
-            out.append("".join(run))
+            out.append(("".join([t for t, _ in run]), sum([n for _, n in run])))
             run = []
         out.append(item)
     if run:
-        out.append("".join(run))
+        out.append(("".join([t for t, _ in run]), sum([n for _, n in run])))
     return out

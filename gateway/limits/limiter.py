@@ -110,6 +110,7 @@ class Limiter:
         self._down_until = 0.0
         self._backoff_s = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.stats = LatencyStats()
         # Requests admitted against the local fallback while the store was down
         # (read by telemetry: "serving from in-memory limits").
@@ -133,9 +134,9 @@ class Limiter:
     async def close(self) -> None:
         """Stop the background work, try the queued writes once more, close the store."""
         if self._task is not None:
+            self._closed = True  # the loop also stops by itself: see Meter.close
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=2.0)
             self._task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)
@@ -262,7 +263,7 @@ class Limiter:
     async def _background(self) -> None:
         renew_every = max(0.05, self.lease_s / 3)
         next_renew = self._monotonic() + renew_every
-        while True:
+        while not self._closed:
             await asyncio.sleep(min(0.5, renew_every))
             try:
                 if self._pending and not self.store_down:

@@ -21,8 +21,9 @@ from gateway.limits.limiter import FailurePolicy, Limiter
 from gateway.limits.memory import InMemoryLimitStore
 from gateway.limits.ports import LimitStore
 from gateway.metering.memory import InMemoryUsageStore
-from gateway.metering.meter import Meter
+from gateway.metering.meter import DropHook, Meter
 from gateway.metering.ports import UsageStore
+from gateway.metering.spool import UsageSpool
 from gateway.routing.registry import ModelRegistry
 from gateway.settings import GatewaySettings
 from gateway.tenancy.admission import RefusalHook, TenantAdmission
@@ -45,6 +46,7 @@ class TenancyOptions:
     redis_timeout_s: float = 0.25
     stream_maxlen: int = 1_000_000
     unavailable_retry_s: float = 1.0
+    usage_spool: Path | None = None  # usage the store could not take at shutdown
 
 
 def is_loopback(address: str) -> bool:
@@ -114,6 +116,7 @@ def build_tenancy(
     registry: ModelRegistry,
     listen: str,
     on_refused: RefusalHook | None = None,
+    on_dropped: DropHook | None = None,
 ) -> Tenancy:
     """Load the tenant file (ConfigError if bad) and build the stores."""
     names = {n for r in registry.routes for n in (r.name, *r.aliases)}
@@ -150,7 +153,8 @@ def build_tenancy(
         lease_s=options.lease_s,
         unavailable_retry_s=options.unavailable_retry_s,
     )
-    meter = Meter(usage)
+    spool = UsageSpool(options.usage_spool) if options.usage_spool else None
+    meter = Meter(usage, spool=spool, on_dropped=on_dropped)
     admission = TenantAdmission(limiter, meter, on_refused)
     return Tenancy(directory, admission, UsageReader(directory, meter), options, client)
 
@@ -165,6 +169,7 @@ def tenancy_options(settings: GatewaySettings) -> TenancyOptions | None:
         redis_url=settings.redis_url,
         redis_cluster=settings.redis_cluster,
         failure_policy=FailurePolicy(settings.redis_failure),
+        usage_spool=settings.usage_spool or None,
     )
 
 

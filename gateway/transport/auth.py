@@ -51,6 +51,12 @@ def authorization(metadata: Any) -> str | None:
     return None
 
 
+def refusal(status: grpc.Status, like: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler shaped like ``like`` that ends the call with ``status`` at once,
+    without deserialising the request."""
+    return _Refusal(status).handler(like)
+
+
 class _Refusal:
     """Handlers that end a call with one status, without reading its request."""
 
