@@ -64,6 +64,11 @@ class GatewaySettings(BaseSettings):
     backend_tls_key: Path | None = Field(
         default=None, description="Private key of --backend-tls-cert."
     )
+    backend_tls_server_name: str = Field(
+        default="",
+        description="Name in the sidecars' certificates, when it is not the address dialled "
+        "(endpoints are dialled by resolved IP).",
+    )
 
     drain_grace_s: float = Field(
         default=30.0,

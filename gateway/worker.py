@@ -42,7 +42,10 @@ async def serve(
         extra_addresses=(own,) if own else (),
         tls=server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
         backend_tls=client_tls(
-            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key
+            settings.backend_tls_ca,
+            settings.backend_tls_cert,
+            settings.backend_tls_key,
+            settings.backend_tls_server_name,
         ),
     )
     log.info("gateway serving %d models on port %d", len(config.models), gateway.port)

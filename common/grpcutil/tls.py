@@ -43,6 +43,9 @@ class ClientTls:
     ca: Path
     cert: Path | None = None
     key: Path | None = None
+    # The name to verify the server's certificate against, when the address dialled is
+    # not in it (the gateway dials sidecars by resolved IP addresses).
+    server_name: str | None = None
 
 
 def server_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> ServerTls | None:
@@ -56,7 +59,9 @@ def server_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> S
     return ServerTls(cert, key, client_ca)
 
 
-def client_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ClientTls | None:
+def client_tls(
+    ca: Path | None, cert: Path | None, key: Path | None, server_name: str | None = None
+) -> ClientTls | None:
     """ClientTls from optional settings (None: plaintext); ValueError if inconsistent."""
     if ca is None:
         if cert is not None or key is not None:
@@ -64,7 +69,7 @@ def client_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ClientTl
         return None
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs both the certificate and its key")
-    return ClientTls(ca, cert, key)
+    return ClientTls(ca, cert, key, server_name or None)
 
 
 def _stamp(*paths: Path | None) -> tuple[tuple[int, int], ...]:
@@ -141,6 +146,8 @@ def open_channel(
     """An aio channel to ``target``: TLS when ``tls`` is given, plaintext otherwise."""
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if tls.server_name:
+        options = (*options, ("grpc.ssl_target_name_override", tls.server_name))
     return grpc.aio.secure_channel(
         target, channel_credentials(tls), options=options, interceptors=interceptors
     )

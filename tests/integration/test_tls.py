@@ -25,7 +25,7 @@ from llmgw.backend.v1 import backend_pb2 as bpb
 from llmgw.backend.v1 import backend_pb2_grpc as bpb_grpc
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
-from scripts.make_certs import make_all
+from scripts.make_certs import issue, make_all, make_ca
 from tests.conftest import ANY_KEY, params, start_shim
 
 GENERATE = bpb.GenerateRequest(
@@ -192,3 +192,26 @@ async def test_the_shim_reloads_its_https_certificate(secured: Secured, tmp_path
     finally:
         shim.server.should_exit = True
         await task
+
+
+async def test_a_sidecar_dialled_by_ip_is_verified_against_a_configured_name(
+    tmp_path: Path,
+) -> None:
+    certs = tmp_path / "named"
+    make_all(certs)
+    ca = make_ca(certs)
+    issue(certs, "named", ca, ["llmgw-sidecar"], client=False)  # no IP in it
+    sidecar = await start_sidecar(
+        SimEngine(SimConfig(output_tokens=6)),
+        tls=ServerTls(certs / "named.pem", certs / "named-key.pem"),
+    )
+    try:
+        target = f"127.0.0.1:{sidecar.port}"
+        async with open_channel(target, ClientTls(certs / "ca.pem")) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await _generate(channel)  # 127.0.0.1 is not in the certificate
+        named = ClientTls(certs / "ca.pem", server_name="llmgw-sidecar")
+        async with open_channel(target, named) as channel:
+            assert await _generate(channel) == 3
+    finally:
+        await sidecar.stop(0)
