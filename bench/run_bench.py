@@ -282,6 +282,7 @@ def run_one(
         error_samples=[s for r in results for s in r.error_samples],
         cpu_s={
             **{name: cpu.get(name, 0.0) for name in SERVERS},
+            **{name: cpu[name] for name in servers},
             "loadgen": sum(cpu[c] for c in clients),
         },
         client_cpu_s=[cpu[c] for c in clients],
