@@ -107,6 +107,7 @@ class HttpEngineModel:
     max_output_tokens: int = 4096
     stream_interval_ms: float = 0.0
     extra_args: tuple[str, ...] = ()
+    kind: str = "chat"
 
     def processes(self, host: str) -> list[ProcessSpec]:
         """One sidecar on the vllm engine."""
