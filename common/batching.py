@@ -32,6 +32,7 @@ Three additions keep that safe and make it degrade gracefully:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ class Pace(Protocol):
 
     def hold_s(self) -> float:
         """Seconds to hold now (0: send at once)."""
+        ...
+
+    def woke(self, delay_s: float, now: float) -> None:
+        """A stream's consumer ran ``delay_s`` after it was woken: the loop's lag."""
         ...
 
 
@@ -118,10 +123,15 @@ async def batched(
     holding = False
     waiter: asyncio.Future[None] | None = None  # the consumer waits on it
     space: asyncio.Future[None] | None = None  # the producer waits on it (buffer full)
+    clock = time.monotonic
+    woken_at = 0.0  # when the consumer was last woken: how late it runs is the loop's lag
 
     def wake() -> None:
+        nonlocal woken_at
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+            if pace is not None:
+                woken_at = clock()
 
     async def pump() -> None:
         nonlocal buffered, finished, failure, space
@@ -171,9 +181,14 @@ async def batched(
                     finally:
                         holding = False
                         handle.cancel()
+                    now = clock()
+                    pace.woke(now - woken_at, now)
             if not buffer and not finished:
                 waiter = loop.create_future()
                 await waiter
+                if pace is not None:
+                    now = clock()
+                    pace.woke(now - woken_at, now)
             if buffer:
                 item, w = buffer.popleft()
                 batch = [item]

@@ -18,11 +18,20 @@ from common.settings import load_settings
 from rest_shim.settings import ShimSettings
 
 
-def bind(settings: ShimSettings) -> socket.socket:
-    """The listening socket every worker accepts on."""
+def bind(settings: ShimSettings, reuse_port: bool = False) -> socket.socket:
+    """A listening socket on the shim's address.
+
+    With ``reuse_port`` every worker gets a socket of its own on the same
+    port (SO_REUSEPORT), and the kernel spreads new connections evenly over
+    them. One shared socket lets whichever worker is in ``accept`` take a
+    burst of connections: measured, all 100 of a load test's keep-alive
+    connections on one of two workers (BENCHMARK.md).
+    """
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port))
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -30,16 +39,19 @@ def bind(settings: ShimSettings) -> socket.socket:
 
 
 def run_workers(settings: ShimSettings) -> None:
-    """Start ``settings.workers`` processes on one socket; forward SIGINT/SIGTERM to them
+    """Start ``settings.workers`` processes on one port; forward SIGINT/SIGTERM to them
     and return when all have stopped."""
-    sock = bind(settings)
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
+    sockets = [bind(settings, reuse_port) for _ in range(settings.workers if reuse_port else 1)]
     # spawn, not fork: a fresh interpreter per worker, as uvicorn's own supervisor does.
     context = multiprocessing.get_context("spawn")
     from rest_shim.worker import run_worker
 
     workers = [
-        context.Process(target=run_worker, args=(settings, [sock]), daemon=False)
-        for _ in range(settings.workers)
+        context.Process(
+            target=run_worker, args=(settings, [sockets[i % len(sockets)]]), daemon=False
+        )
+        for i in range(settings.workers)
     ]
     for worker in workers:
         worker.start()
@@ -55,7 +67,8 @@ def run_workers(settings: ShimSettings) -> None:
         worker.join()
         if worker.pid is not None:
             mark_worker_dead(worker.pid)
-    sock.close()
+    for sock in sockets:
+        sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -150,10 +150,14 @@ class Hold:
     def __init__(self, hold_s: float) -> None:
         self.hold = hold_s
         self.asked = 0
+        self.delays: list[float] = []
 
     def hold_s(self) -> float:
         self.asked += 1
         return self.hold
+
+    def woke(self, delay_s: float, now: float) -> None:
+        self.delays.append(delay_s)
 
 
 async def settle() -> None:
@@ -313,10 +317,33 @@ def test_loop_lag_pace_grows_to_its_bound_under_lag_and_returns_to_zero() -> Non
     assert all(h == 0 or h >= settings.min_hold_s for h in holds + after)
 
 
-async def test_loop_lag_pace_samples_only_while_asked_and_keeps_a_floor() -> None:
-    pace = LoopLagPace(PaceSettings(idle_after_s=0.0), floor_s=0.02)
-    assert pace.hold_s() == 0.02  # the opt-in interval is a floor
-    task = pace._task
-    assert task is not None
-    await task  # nobody asks again: sampling stops by itself
-    assert pace._task is None
+def test_loop_lag_pace_steps_once_per_window_of_wake_up_reports() -> None:
+    now = [0.0]
+    settings = PaceSettings(sample_s=0.010, lag_threshold_s=0.002, min_hold_s=0.01)
+    pace = LoopLagPace(settings, clock=lambda: now[0])
+    for i in range(1, 1000):  # 0.1 ms apart: 100 reports a window, all 5 ms late
+        now[0] = i * 0.0001
+        pace.woke(0.005, now[0])
+    assert 0 < pace.hold_s() <= settings.max_hold_s
+    assert pace.lag_s > settings.lag_threshold_s
+    # no report for longer than idle_after_s: the hold from that busy spell is dropped
+    now[0] += settings.idle_after_s + 0.1
+    assert pace.hold_s() == 0.0
+
+
+def test_the_opt_in_interval_is_a_floor_under_the_adaptive_hold() -> None:
+    pace = LoopLagPace(floor_s=0.02)
+    assert pace.hold_s() == 0.02
+    for _ in range(50):
+        pace.observe(0.5)
+    assert pace.hold_s() == pace.settings.max_hold_s
+
+
+async def test_streams_report_how_late_they_ran_to_the_pace() -> None:
+    feed, pace = Feed(), Hold(0.0)
+    batches = batched(feed.items(), pace=pace)
+    async with aclosing(batches):
+        for item in "abc":
+            feed.push(item)
+            assert await anext(batches) == [item]
+    assert len(pace.delays) >= 3 and all(d >= 0 for d in pace.delays)
