@@ -137,19 +137,33 @@ async def test_no_retry_after_the_first_token(cleanup: list[Cluster]) -> None:
     assert started == 6  # one backend call per request: nothing was retried
 
 
+# Long enough that the healthy replica always answers within it, even on a loaded
+# machine; far below the 30 s default, which a hung attempt would otherwise wait.
+HUNG_TTFT_S = 1.0
+
+
 async def test_hung_backend_fails_over_within_the_ttft_timeout(cleanup: list[Cluster]) -> None:
+    # Round robin over the untried candidates: every request tries the hung replica
+    # first, then the healthy one, so each one proves the timeout and the failover.
     c = await cluster(
         {"m": [SimConfig(failure_mode=FailureMode.HANG), SimConfig()]},
-        resilience={"ttft_timeout_s": 0.3, "breaker": {"consecutive_failures": 100}},
+        resilience={"ttft_timeout_s": HUNG_TTFT_S, "breaker": {"consecutive_failures": 100}},
+        options={"m": {"lb_policy": "round_robin"}},
     )
     cleanup.append(c)
+    hung = c.engines["m"][0]
     loop = asyncio.get_running_loop()
-    for _ in range(6):
+    for i in range(3):
         began = loop.time()
         _, backend, events = await stream(c)
+        elapsed = loop.time() - began
         assert events[-1].HasField("end") and backend == c.address("m", 1)
-        assert loop.time() - began < 1.5
-    await wait_until(lambda: c.engines["m"][0].active == 0)  # the hung calls were cancelled
+        assert hung.received == i + 1  # the hung replica had it first ...
+        # ... until the TTFT timeout (the loop's clock: the timer cannot fire early) ...
+        assert elapsed >= HUNG_TTFT_S - 0.01
+        # ... and not until the 30 s default: the configured timeout cut it off.
+        assert elapsed < 15.0
+    await wait_until(lambda: hung.active == 0)  # the hung calls were cancelled
 
 
 async def test_a_stall_after_the_first_token_ends_with_an_error(cleanup: list[Cluster]) -> None:
