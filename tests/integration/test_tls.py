@@ -215,3 +215,40 @@ async def test_a_sidecar_dialled_by_ip_is_verified_against_a_configured_name(
             assert await _generate(channel) == 3
     finally:
         await sidecar.stop(0)
+
+
+async def test_a_gateway_requiring_client_certificates_serves_a_shim_that_has_one(
+    secured: Secured,
+) -> None:
+    certs = secured.certs
+    config = GatewayConfig.model_validate(
+        {"models": [{"name": "sim-small", "aliases": ["small"],
+                     "endpoints": [f"127.0.0.1:{secured.sidecar.port}"]}]}
+    )  # fmt: skip
+    gateway = await start_gateway(
+        config,
+        tls=ServerTls(certs / "server.pem", certs / "server-key.pem", client_ca=certs / "ca.pem"),
+        backend_tls=ClientTls(certs / "ca.pem", certs / "client.pem", certs / "client-key.pem"),
+    )
+    target = f"localhost:{gateway.port}"
+    shim, task = await start_shim(
+        target,
+        gateway_tls_ca=certs / "ca.pem",
+        gateway_tls_cert=certs / "client.pem",
+        gateway_tls_key=certs / "client-key.pem",
+    )
+    try:
+        async with open_channel(target, ClientTls(certs / "ca.pem")) as no_cert:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pb_grpc.ChatServiceStub(no_cert).CreateChatCompletion(
+                    pb.CreateChatCompletionRequest(params=params()), timeout=5
+                )
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
+            body = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
+            answer = await http.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
+    finally:
+        shim.server.should_exit = True
+        await task
+        await gateway.stop(0)
