@@ -84,6 +84,24 @@ async def test_rest_named_tool_call_is_valid(client: openai.AsyncOpenAI) -> None
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     jsonschema.validate(json.loads(call.function.arguments), CITY)  # type: ignore[union-attr]
 
+    # Streamed: vLLM sends the call's id and name first, then the arguments in
+    # fragments; joined by index they are the same call.
+    chunks = await client.chat.completions.create(
+        model=SMOLLM,
+        messages=ASK,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=TOOL_TOKENS,
+        temperature=0,
+        stream=True,
+    )
+    fragments = [f async for c in chunks if c.choices for f in c.choices[0].delta.tool_calls or ()]
+    assert fragments and {f.index for f in fragments} == {0}
+    assert [f.function.name for f in fragments if f.function and f.function.name] == ["get_weather"]
+    assert fragments[0].id, "the first fragment of a call carries its id"
+    arguments = "".join(f.function.arguments or "" for f in fragments if f.function)
+    assert json.loads(arguments) == json.loads(call.function.arguments)  # type: ignore[union-attr]
+
 
 async def test_rest_json_schema_answer_parses_and_validates(client: openai.AsyncOpenAI) -> None:
     fmt: Any = {
