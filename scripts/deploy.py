@@ -13,7 +13,7 @@ Kubernetes: `kubectl apply -k` of the overlay (or of a generated kustomization t
 the llmgw image, with --image), then `kubectl rollout status` for every Deployment and
 StatefulSet the overlay renders. Both print where things are when healthy.
 --dry-run prints the commands instead of running them (the manifests are still rendered
-to know what to wait for); tests/unit/test_deploy_script.py runs it that way.
+to know what to wait for); tests/deploy/test_deploy_script.py runs it that way.
 """
 
 from __future__ import annotations

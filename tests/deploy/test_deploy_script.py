@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.test_deploy_files import PROFILES, load_profile
-from tests.unit.test_k8s_manifests import OVERLAYS, rendered
+from tests.deploy.test_deploy_files import PROFILES, load_profile
+from tests.deploy.test_k8s_manifests import OVERLAYS, rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 
