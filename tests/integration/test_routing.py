@@ -277,15 +277,16 @@ async def test_queue_depth_is_visible(cleanup: list[Cluster]) -> None:
     assert (await c.admin())["m"].queue_depth == 0
 
 
-async def test_breaker_opens_on_failures_and_closes_after_half_open_probes(
+async def test_breaker_opens_on_failures_over_grpc(
     cleanup: list[Cluster],
 ) -> None:
     flaky = SimConfig(failure_mode=FailureMode.ERROR_AT_START)
     c = await cluster(
         {"m": [flaky, SimConfig()]},
         # The cooldown outlasts the 40 requests below even on a slow, busy machine.
+        # Half-open and recovery are tested on a fake clock (tests/unit/test_chat_service.py).
         resilience={
-            "breaker": {"consecutive_failures": 3, "cooldown_s": 3.0, "half_open_probes": 1}
+            "breaker": {"consecutive_failures": 3, "cooldown_s": 60.0, "half_open_probes": 1}
         },
     )
     cleanup.append(c)
@@ -298,12 +299,6 @@ async def test_breaker_opens_on_failures_and_closes_after_half_open_probes(
     for _ in range(20):
         await stream(c)
     assert flaky_engine.received == 3  # open: no traffic at all
-    flaky_engine.config.failure_mode = FailureMode.NONE  # it recovers
-    await asyncio.sleep(3.05)
-    backends = Counter([(await stream(c))[1] for _ in range(30)])
-    assert backends[c.address("m", 0)] > 0  # traffic returned after the probe succeeded
-    states = {e.address: e.breaker_state for e in (await c.admin())["m"].endpoints}
-    assert states[c.address("m", 0)] == admin_pb2.BREAKER_STATE_CLOSED
 
 
 async def test_retry_budget_stops_retries_during_an_outage(cleanup: list[Cluster]) -> None:

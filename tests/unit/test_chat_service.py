@@ -1,0 +1,250 @@
+"""The chat service on its seams: a scripted fake backend (gateway.testing) and a
+fake clock. Retries, breakers, fallbacks, queue timeouts, drain and usage
+accounting in milliseconds, with no network and no sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from contextlib import aclosing
+
+import pytest
+
+from gateway.domain.accounting import Grant, Spent, Status
+from gateway.domain.chat import ChatRequest, Finished, Message, Role, Routed
+from gateway.domain.resilience import ResiliencePolicy
+from gateway.domain.service import ChatCompletionService, Completion, Output
+from gateway.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidRequest,
+    ShuttingDown,
+    Violation,
+)
+from gateway.limits.limiter import Reservation
+from gateway.limits.ports import BucketView, Decision, TenantLimits
+from gateway.routing.breaker import BreakerPolicy, BreakerState
+from gateway.routing.registry import ModelRoute
+from gateway.routing.retry_budget import RetryPolicy
+from gateway.tenancy.directory import Principal
+from gateway.testing import (
+    Fail,
+    FakeClock,
+    Finish,
+    Gate,
+    Hang,
+    ScriptedBackend,
+    Text,
+    routes,
+)
+
+NO_BACKOFF = RetryPolicy(
+    max_attempts=3, backoff_base_s=0.0, backoff_max_s=0.0, budget_min_per_s=100
+)
+
+
+def request(model: str = "m", text: str = "hi") -> ChatRequest:
+    return ChatRequest(model=model, messages=(Message(Role.USER, text),))
+
+
+def service(
+    backend: ScriptedBackend,
+    pools: dict[str, list[str]],
+    clock: FakeClock,
+    policy: ResiliencePolicy | None = None,
+    **kw: object,
+) -> ChatCompletionService:
+    return ChatCompletionService(
+        routes(pools, clock, **kw),  # type: ignore[arg-type]
+        backend,
+        policy or ResiliencePolicy(retry=NO_BACKOFF),
+        clock=clock,
+        monotonic=clock,
+        rng=random.Random(7),
+    )
+
+
+async def run(svc: ChatCompletionService, completion: Completion) -> list[Output]:
+    return [e async for e in svc.stream(completion)]
+
+
+async def test_a_failure_before_the_first_token_is_retried_on_other_endpoints() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend()
+    for address in "abc":
+        backend.script(address, [Fail(BackendUnavailable("down"))])  # each fails once
+    svc = service(backend, {"m": ["a", "b", "c"]}, clock)
+    with pytest.raises(BackendUnavailable):  # three attempts, each on another endpoint
+        await run(svc, await svc.admit(request()))
+    assert sorted(c.address for c in backend.calls) == ["a", "b", "c"]
+    events = await run(svc, await svc.admit(request()))  # the endpoints work again
+    assert len(backend.calls) == 4 and isinstance(events[0], Routed)
+    assert "".join(e for e in events if type(e) is str) == "hello world"
+
+
+async def test_after_the_first_token_a_failure_is_an_error_not_a_retry() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Text("a"), Fail(BackendFailed("boom"))])
+    svc = service(backend, {"m": ["a", "b"]}, clock)
+    seen: list[Output] = []
+    with pytest.raises(BackendFailed):
+        async for event in svc.stream(await svc.admit(request())):
+            seen.append(event)
+    assert len(backend.calls) == 1 and seen[1] == "a"
+
+
+async def test_a_silent_backend_times_out_and_the_attempt_moves_on() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend().script("a", [Hang()]).script("b", [Hang()])
+    policy = ResiliencePolicy(ttft_timeout_s=0.01, retry=NO_BACKOFF)
+    svc = service(backend, {"m": ["a", "b"]}, clock, policy)
+    with pytest.raises(BackendTimeout):  # both attempts time out, one per endpoint
+        await run(svc, await svc.admit(request()))
+    assert sorted(c.address for c in backend.calls) == ["a", "b"]
+    assert backend.open == 0 and backend.closed == 2  # each silent call was cancelled
+    events = await run(svc, await svc.admit(request()))
+    assert isinstance(events[-1], Finished)
+
+
+async def test_the_breaker_opens_then_half_opens_after_the_cooldown_on_the_fake_clock() -> None:
+    clock = FakeClock()
+    down = [Fail(BackendUnavailable("down"))]
+    backend = ScriptedBackend().script("a", down, down, down)
+    breaker = BreakerPolicy(consecutive_failures=3, cooldown_s=5.0, half_open_probes=1)
+    svc = service(backend, {"m": ["a", "b"]}, clock, breaker=breaker)
+    pool = svc.registry.resolve("m").pool
+    a = pool.endpoints[0]
+    while backend.calls_to("a") < 3:
+        await run(svc, await svc.admit(request()))  # each one served by b in the end
+    assert a.breaker.state is BreakerState.OPEN
+    for _ in range(10):
+        await run(svc, await svc.admit(request()))
+    assert backend.calls_to("a") == 3  # open: no traffic
+    clock.advance(5.01)  # the cooldown passes without waiting for it
+    for _ in range(200):  # the policy picks at random: until a probe goes to a
+        await run(svc, await svc.admit(request()))
+        if backend.calls_to("a") > 3:
+            break
+    assert backend.calls_to("a") > 3 and a.breaker.state is BreakerState.CLOSED
+
+
+async def test_a_pool_that_cannot_serve_falls_back_to_the_next_model() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Fail(BackendUnavailable("down"))])
+    backend.script("s", [Text("small"), Finish()])
+    svc = service(backend, {"big": ["x", "y"], "small": ["s"]}, clock, fallbacks={"big": ["small"]})
+    events = await run(svc, await svc.admit(request("big")))
+    assert events[0] == Routed("small", "s") and events[1] == "small"
+
+
+async def test_a_full_pool_refuses_after_the_queue_timeout() -> None:
+    clock = FakeClock()
+    hold = asyncio.Event()
+    backend = ScriptedBackend().script("a", [Text("x"), Gate(hold), Finish()])
+    policy = ResiliencePolicy(queue_timeout_s=0.0, retry=NO_BACKOFF)
+    svc = service(backend, {"m": ["a"]}, clock, policy, max_inflight=1)
+    first = svc.stream(await svc.admit(request()))
+    assert isinstance(await anext(first), Routed)  # holds the only slot
+    with pytest.raises(BackendUnavailable) as refused:
+        await run(svc, await svc.admit(request()))
+    assert "waited too long in the queue" in refused.value.message
+    hold.set()
+    assert isinstance([e async for e in first][-1], Finished)
+
+
+async def test_an_invalid_request_is_not_retried_and_gives_no_breaker_verdict() -> None:
+    clock = FakeClock()
+    invalid = InvalidRequest([Violation("messages", "too long")])
+    backend = ScriptedBackend(default=[Fail(invalid)])
+    svc = service(backend, {"m": ["a", "b"]}, clock)
+    with pytest.raises(InvalidRequest):
+        await run(svc, await svc.admit(request()))
+    assert len(backend.calls) == 1
+    assert all(
+        e.breaker.state is BreakerState.CLOSED for e in svc.registry.resolve("m").pool.endpoints
+    )
+
+
+class Accounting:
+    """An AdmissionPort that admits everyone and records what is settled."""
+
+    def __init__(self) -> None:
+        self.settled: list[Spent] = []
+
+    async def admit(
+        self, caller: Principal | None, route: ModelRoute, request: ChatRequest
+    ) -> Grant:
+        view = BucketView(10, 9, 1.0)
+        decision = Decision(True, (), None, view, view)
+        limits = TenantLimits(10, 10, 1)
+        reservation = Reservation("rsv", "t", limits, 5, "202612", decision)
+        return Grant("t", "k", 1, None, reservation, prompt_estimate=7)
+
+    def settle(self, grant: Grant, spent: Spent) -> None:
+        self.settled.append(spent)
+
+    def may_list(self, caller: Principal | None) -> object:
+        return lambda name: True
+
+
+def accounted(
+    backend: ScriptedBackend, clock: FakeClock
+) -> tuple[ChatCompletionService, Accounting]:
+    port = Accounting()
+    svc = ChatCompletionService(
+        routes({"m": ["a"]}, clock), backend, ResiliencePolicy(retry=NO_BACKOFF),
+        clock=clock, monotonic=clock, admission=port,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return svc, port
+
+
+async def test_a_cancelled_stream_settles_the_tokens_its_consumer_took() -> None:
+    clock = FakeClock()
+    hold = asyncio.Event()
+    script: Sequence = [Text("one", 2), Text(" two", 3), Gate(hold), Text(" three", 4), Finish()]
+    svc, port = accounted(ScriptedBackend(default=script), clock)
+    async with aclosing(svc.stream(await svc.admit(request()))) as events:
+        taken = [await anext(events) for _ in range(3)]  # Routed, "one", " two"
+    assert taken[1:] == ["one", " two"]
+    (spent,) = port.settled
+    # " two" counts once the consumer came back for more; the gated text never went out.
+    assert spent.status is Status.CANCELLED and spent.completion_tokens == 2
+    assert not spent.exact and spent.prompt_tokens > 0
+
+
+async def test_a_finished_stream_settles_the_backends_exact_usage() -> None:
+    clock = FakeClock()
+    svc, port = accounted(ScriptedBackend(default=[Text("x", 4), Finish(prompt_tokens=9)]), clock)
+    await run(svc, await svc.admit(request()))
+    (spent,) = port.settled
+    assert (spent.status, spent.prompt_tokens, spent.completion_tokens, spent.exact) == (
+        Status.OK, 9, 4, True,
+    )  # fmt: skip
+
+
+async def test_drain_ends_a_waiting_stream_with_shutting_down_and_settles_it() -> None:
+    clock = FakeClock()
+    hold = asyncio.Event()
+    svc, port = accounted(ScriptedBackend(default=[Text("a", 1), Gate(hold), Finish()]), clock)
+    consumer_saw: list[Output] = []
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in svc.stream(await svc.admit(request())):
+            consumer_saw.append(event)
+            if len(consumer_saw) == 2:
+                started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    assert svc.in_flight == 1
+    assert await svc.drain(0) == 1  # grace over at once: the stream waiting on the backend ends
+    with pytest.raises(ShuttingDown):
+        await task
+    assert await svc.wait_idle(1) and svc.in_flight == 0
+    (spent,) = port.settled
+    assert spent.status is Status.ERROR and spent.completion_tokens == 1
+    with pytest.raises(ShuttingDown):  # and nothing new is admitted
+        await svc.admit(request())
