@@ -323,6 +323,9 @@ def engine_problems(compose: Compose, config: GatewayConfig) -> list[str]:
             problems.append(f"{vllm_name}: not started as `vllm serve <model>`")
         if "--model" in vargv:
             problems.append(f"{vllm_name}: --model (deprecated by `vllm serve`)")
+        if not flag(vargv, "--tool-call-parser") or "--enable-auto-tool-choice" not in vargv:
+            # vLLM 0.32 answers 400 to any tool_choice but "none" without a parser.
+            problems.append(f"{vllm_name}: no --tool-call-parser with --enable-auto-tool-choice")
         for pin in ("--revision", "--tokenizer-revision"):
             if not re.fullmatch(r"[0-9a-f]{40}", flag(vargv, pin) or ""):
                 problems.append(f"{vllm_name}: {pin} is not a commit hash")
@@ -922,11 +925,13 @@ def test_vllm_check_fails_on_the_model_flag_or_an_unpinned_revision(compose: Com
         small["command"] = ["--model", *small["command"]]
         large = c["services"]["vllm-large"]["command"]
         large[large.index("--revision") + 1] = "main"
+        large.remove("--enable-auto-tool-choice")
 
     problems = routing_problems(broken(compose, change), ROOT)
     assert any("vllm-small: not started as `vllm serve <model>`" in p for p in problems), problems
     assert any("vllm-small: --model (deprecated" in p for p in problems), problems
     assert any("vllm-large: --revision is not a commit hash" in p for p in problems), problems
+    assert any("vllm-large: no --tool-call-parser" in p for p in problems), problems
 
 
 def test_drain_check_fails_on_short_stop_periods_or_wrong_stop_order(compose: Compose) -> None:

@@ -376,6 +376,9 @@ def vllm_problems(docs: list[Doc], gpu: bool) -> list[str]:
                 problems.append(f"{where}: not started as `vllm serve <model>`")
             if "--model" in argv:
                 problems.append(f"{where}: --model (deprecated by `vllm serve`)")
+            if not flag(argv, "--tool-call-parser") or "--enable-auto-tool-choice" not in argv:
+                # vLLM 0.32 answers 400 to any tool_choice but "none" without a parser.
+                problems.append(f"{where}: no --tool-call-parser with --enable-auto-tool-choice")
             for pin in ("--revision", "--tokenizer-revision"):
                 if not re.fullmatch(r"[0-9a-f]{40}", flag(argv, pin) or ""):
                     problems.append(f"{where}: {pin} is not a commit hash")
@@ -740,6 +743,9 @@ def test_vllm_check_fails_on_model_flag_unpinned_revision_or_mismatch() -> None:
         del vllm["resources"]["limits"]["nvidia.com/gpu"]
         side = container(docs, "llmgw-backend-large", "sidecar")
         side["command"][side["command"].index("--model") + 1] = "other"
+        large = container(docs, "llmgw-backend-large", "vllm")
+        at = large["command"].index("--tool-call-parser")
+        del large["command"][at : at + 2]
 
     problems = vllm_problems(broken("gpu-vllm", change), gpu=True)
     assert any("not started as `vllm serve <model>`" in p for p in problems), problems
@@ -747,6 +753,7 @@ def test_vllm_check_fails_on_model_flag_unpinned_revision_or_mismatch() -> None:
     assert any("--revision is not a commit hash" in p for p in problems), problems
     assert any("no GPU limit" in p for p in problems), problems
     assert any("sidecar --model other" in p for p in problems), problems
+    assert any("vllm: no --tool-call-parser" in p for p in problems), problems
 
 
 def test_routing_check_fails_on_unknown_endpoint_model_or_public_admin(tmp_path: Path) -> None:
