@@ -89,7 +89,7 @@ class Limiter:
         self,
         store: LimitStore,
         policy: FailurePolicy = FailurePolicy.OPEN,
-        lease_s: float = 60.0,
+        lease_s: float = 15.0,
         pending_max: int = 10_000,
         unavailable_retry_s: float = 1.0,
         clock: Callable[[], float] = time.time,

@@ -41,7 +41,9 @@ class TenancyOptions:
     redis_url: str | None = None
     redis_cluster: bool = False
     failure_policy: FailurePolicy = FailurePolicy.OPEN
-    lease_s: float = 60.0
+    # Short, renewed every lease_s/3: a crashed replica's concurrency slots come
+    # back within 15 s (a 429 for concurrency tells clients to retry in 1 s).
+    lease_s: float = 15.0
     reload_interval_s: float = 1.0
     redis_timeout_s: float = 0.25
     stream_maxlen: int = 1_000_000

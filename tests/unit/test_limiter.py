@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from gateway.errors import LimiterUnavailable
 from gateway.limits.limiter import FailurePolicy, Limiter
 from gateway.limits.memory import InMemoryLimitStore
-from gateway.limits.ports import Decision, StoreUnavailable, TenantLimits
+from gateway.limits.ports import CONCURRENCY, Decision, StoreUnavailable, TenantLimits
+from gateway.tenancy.runtime import TenancyOptions
 from tests.unit.test_token_bucket import FakeClock
 
 LIMITS = TenantLimits(requests_per_minute=600, tokens_per_minute=6000, max_concurrent=10)
@@ -136,3 +138,18 @@ def test_latency_stats() -> None:
     summary = stats.summary()
     assert summary["count"] == 100 and summary["p50_ms"] == pytest.approx(51)
     assert summary["p99_ms"] == pytest.approx(100)
+
+
+async def test_a_crashed_replicas_concurrency_slot_comes_back_within_the_default_lease() -> None:
+    lease_s = TenancyOptions(tenants_file=Path("unused")).lease_s
+    assert lease_s <= 15  # a tenant at its limit waits at most this long after a crash
+    clock = FakeClock()
+    store = InMemoryLimitStore(clock)
+    limits = TenantLimits(requests_per_minute=100, tokens_per_minute=10_000, max_concurrent=1)
+    assert (
+        await store.acquire("t", limits, "dead", 1, "202612", lease_s)
+    ).admitted  # never released
+    refused = await store.acquire("t", limits, "next", 1, "202612", lease_s)
+    assert refused.violations == (CONCURRENCY,)
+    clock.now += lease_s + 0.01
+    assert (await store.acquire("t", limits, "next", 1, "202612", lease_s)).admitted
