@@ -235,9 +235,9 @@ async def test_client_cancel_reaches_the_engine() -> None:
         assert (await call.read()).HasField("start")
         assert engine.active == 1
         call.cancel()
-        took = await wait_until(lambda: engine.active == 0, timeout=1.0)
+        # Far sooner than the 50 s the answer would take: the engine was aborted.
+        took = await wait_until(lambda: engine.active == 0, timeout=10)
         print(f"cancel reached the engine in {took * 1000:.1f} ms")
-        assert took < 0.5  # generous: shared CI machines; the figure is printed
         assert engine.aborted == 1
     finally:
         await d.gateway.stop(0)
@@ -251,7 +251,7 @@ async def test_cancel_before_first_token_reaches_the_engine() -> None:
         call = d.chat.StreamChatCompletion(pb.StreamChatCompletionRequest(params=params()))
         await wait_until(lambda: engine.active == 1)
         call.cancel()
-        await wait_until(lambda: engine.active == 0, timeout=0.5)
+        await wait_until(lambda: engine.active == 0)  # it hangs: only an abort ends it
         assert engine.aborted == 1
     finally:
         await d.gateway.stop(0)
@@ -267,7 +267,7 @@ async def test_client_deadline_bounds_the_call_and_aborts_the_engine() -> None:
                 pb.CreateChatCompletionRequest(params=params()), timeout=0.3
             )
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await wait_until(lambda: engine.active == 0, timeout=1.0)
+        await wait_until(lambda: engine.active == 0)  # it hangs: only an abort ends it
     finally:
         await d.gateway.stop(0)
         await d.sidecars[0].stop(0)

