@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -26,8 +28,42 @@ from rest_shim.worker import shim_server
 ANY_KEY = {"authorization": "Bearer sk-test"}
 
 
+def _ephemeral_ports() -> range:
+    """The range the kernel picks port-0 binds and outgoing connections from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+# Ports for a process to bind later come from below the kernel's ephemeral range.
+# Our gRPC servers bind with SO_REUSEPORT, so a port that anything else takes in the
+# meantime (any port-0 bind on this machine, which other test runs make all the time)
+# is not refused but silently shared: connections then split between two servers.
+# Port-0 binds never pick from below the range; the pick is random (not seeded, so
+# parallel runs differ) and never repeats within a run.
+_EPHEMERAL = _ephemeral_ports()
+_OWN_PORTS = range(15000, _EPHEMERAL.start)
+_picked: set[int] = set()
+_random = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on now, for a server that binds it later."""
+    if len(_OWN_PORTS) >= 1000:
+        for _ in range(200):
+            port = _random.choice(_OWN_PORTS)
+            if port in _picked:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use (listening, or connections in TIME_WAIT)
+            _picked.add(port)
+            return port
+    with socket.socket() as s:  # an unusual port range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
