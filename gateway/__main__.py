@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop_children()
         for child in children:
-            child.join(settings.drain_grace_s + 10)
+            child.join(settings.shutdown_grace_s + 10)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ class GatewaySettings(BaseSettings):
         "(endpoints are dialled by resolved IP).",
     )
 
-    drain_grace_s: float = Field(
+    shutdown_grace_s: float = Field(
         default=30.0,
         ge=0,
         description="On SIGTERM: how long streams in progress may finish before they are "

@@ -30,7 +30,7 @@ async def serve(
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain (see RunningGateway.stop) for up
-    to ``drain_grace_s``. ``on_stop`` runs when the signal arrives (the parent
+    to ``shutdown_grace_s``. ``on_stop`` runs when the signal arrives (the parent
     process passes the signal on to its workers, so all drain at once)."""
     own = settings.worker_address(index)
     gateway = await start_gateway(
@@ -54,10 +54,10 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining: up to %ss for requests in progress", settings.drain_grace_s)
+    log.info("draining: up to %ss for requests in progress", settings.shutdown_grace_s)
     if on_stop is not None:
         on_stop()
-    await gateway.stop(grace=settings.drain_grace_s)
+    await gateway.stop(grace=settings.shutdown_grace_s)
     log.info("gateway stopped")
 
 

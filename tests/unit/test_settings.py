@@ -83,3 +83,10 @@ def test_no_service_module_reads_or_writes_os_environ(package: str) -> None:
             ):
                 offenders.append(f"{relative}:{node.lineno}")
     assert offenders == []
+
+
+def test_every_process_names_its_drain_setting_alike() -> None:
+    # Deployments set LLMGW_{GATEWAY,SHIM,SIDECAR}_SHUTDOWN_GRACE_S; an unknown variable of
+    # a prefix is ignored, so a differently named field would silently keep its default.
+    for cls in (GatewaySettings, ShimSettings, SidecarSettings):
+        assert "shutdown_grace_s" in cls.model_fields, cls.__name__
