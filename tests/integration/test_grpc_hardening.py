@@ -17,8 +17,10 @@ from typing import Any
 import grpc
 import pytest
 
+import gateway.transport.servicer
 from backends.engines.sim import SimConfig
 from common.grpcutil.status import parse_status
+from gateway.domain.chat import ChatRequest
 from gateway.tenancy.runtime import TenancyOptions
 from gateway.transport.convert import to_chat_request
 from llmgw.v1 import chat_pb2 as pb
@@ -98,9 +100,17 @@ async def test_too_many_messages_is_invalid_argument_naming_the_limit(
 
 
 async def test_a_huge_message_count_does_not_freeze_other_streams(
-    keyed: tuple[Deployment, str, str],
+    keyed: tuple[Deployment, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d, key, victim_key = keyed
+    # How many messages each request the servicer converts (per-message work) has.
+    converted: list[int] = []
+
+    def counting(params: pb.ChatCompletionParams, session: str = "") -> ChatRequest:
+        converted.append(len(params.messages))
+        return to_chat_request(params, session)
+
+    monkeypatch.setattr(gateway.transport.servicer, "to_chat_request", counting)
     flood = _huge(500_000)  # built before the clock starts: the attack is on the gateway
     # What the flood would freeze the loop for if the gateway converted it (it must
     # refuse it first): converting a tenth of it, on this machine under its load now.
@@ -137,6 +147,7 @@ async def test_a_huge_message_count_does_not_freeze_other_streams(
         f"(converting the flood would take {freeze * 1000:.0f} ms)"
     )
     assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert converted == [1]  # the victim's request only: the floods were refused first
     # A gateway that converted the flood would stop every stream for at least one
     # conversion at a time (two in all); receiving 2 x 4 MB costs a few hundred ms.
     # Measured under the same load, so a busy machine stretches both alike.

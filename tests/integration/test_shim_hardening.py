@@ -14,9 +14,11 @@ import orjson
 import pytest
 from starlette.requests import Request
 
+import rest_shim.app
 from backends.engines.sim import SimConfig
 from rest_shim.metrics import shim_metrics
 from tests.conftest import ANY_KEY, Deployment, Shim, deploy, start_shim, wait_until
+from tests.integration import decode_spy
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -205,9 +207,12 @@ async def _attack(port: int, request: bytes) -> int | None:
 
 
 async def test_many_message_bodies_do_not_stall_another_tenants_stream(
-    stack: tuple[Deployment, Shim],
+    stack: tuple[Deployment, Shim], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, shim = stack
+    # Which bodies the shim decodes on its own event loop (this process).
+    decode_spy.decoded_here.clear()
+    monkeypatch.setattr(rest_shim.app, "decode_chat", decode_spy.spy_decode_chat)
     port = _port(shim)
     # Four ~3 MB bodies of 100,000 messages with no key, four with a well-formed key
     # the gateway never sees (refused by the message cap), all at once.
@@ -236,4 +241,8 @@ async def test_many_message_bodies_do_not_stall_another_tenants_stream(
     print(f"victim: {len(arrivals)} chunks, largest gap {max(gaps) * 1000:.0f} ms, {statuses}")
     assert set(statuses[:4]) <= {401, None} and 401 in statuses[:4], statuses
     assert statuses[4:] == [400] * 4, statuses
-    assert max(gaps) < 0.5
+    # The keyed floods were decoded (refused by the message cap), none of them on the
+    # loop: only the victim's small body was. Deterministic, unlike a gap's length,
+    # which a busy machine stretches (a figure for the benchmarks; printed above).
+    assert len(decode_spy.decoded_here) == 1 and decode_spy.decoded_here[0] < 1000
+    assert max(gaps) < 5.0  # and the victim kept streaming throughout
