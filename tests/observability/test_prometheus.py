@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -103,12 +104,36 @@ def prometheus(stack: ObservedStack, tmp_path_factory: pytest.TempPathFactory) -
         # Load long enough for rate() windows to hold several scrapes.
         outcomes = drive_load(stack, seconds=12)
         assert outcomes.get("ok", 0) > 20 and outcomes.get("429", 0) > 0, outcomes
-        time.sleep(3)
+        wait_for_scrapes_and_rules_after(url, time.time())
         yield url
     finally:
         process.terminate()
         process.wait(10)
         log.close()
+
+
+def wait_for_scrapes_and_rules_after(url: str, moment: float, timeout: float = 60) -> None:
+    """Until every target was scraped, and every rule group evaluated, after ``moment``
+    (Unix time): then the queries see the whole load (a busy machine delays both)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        targets = httpx.get(url + "/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        groups = httpx.get(url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+        stamps = [t["lastScrape"] for t in targets] + [g["lastEvaluation"] for g in groups]
+        if targets and groups and all(_unix(stamp) > moment for stamp in stamps):
+            return
+        assert time.monotonic() < deadline, f"no scrape or evaluation since the load: {stamps}"
+        time.sleep(0.2)
+
+
+def _unix(stamp: str) -> float:
+    """An RFC 3339 time from Prometheus's API (nanoseconds, ``Z``) as Unix time."""
+    day, _, rest = stamp.partition("T")
+    clock = re.match(r"(\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", rest)
+    assert clock is not None, stamp
+    zone = "+00:00" if clock[3] == "Z" else clock[3]
+    whole = datetime.fromisoformat(f"{day}T{clock[1]}{zone}").timestamp()
+    return whole + float(clock[2] or 0)
 
 
 def query(url: str, expr: str) -> list[object]:
