@@ -68,7 +68,7 @@ async def test_requests_beyond_capacity_wait_in_a_fifo_queue() -> None:
     engine = SimEngine(SimConfig(max_concurrency=1, itl_ms=5, output_tokens=5))
     first = asyncio.create_task(run(engine, request("first")))
     second = asyncio.create_task(run(engine, request("second")))
-    await asyncio.sleep(0.002)
+    await asyncio.sleep(0)  # both start; the first holds the slot for its five tokens
     load = engine.load()
     assert (load.running, load.waiting, load.capacity) == (1, 1, 1)
     assert engine.active == 2
