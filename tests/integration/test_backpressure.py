@@ -151,7 +151,9 @@ async def test_non_reading_clients_pause_the_engine_and_keep_the_gateway_small(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
             stub = pb_grpc.ChatServiceStub(channel)
             calls = [stub.StreamChatCompletion(request()) for _ in range(5)]
-            # Nobody reads: backpressure must reach the engine, which stops producing.
+            # Nobody reads: backpressure must reach the engine, which stops producing
+            # (once it has started: a loaded machine can take a while to get there).
+            await wait_until(lambda: counting.tokens > 0)
             produced = await until_stable(lambda: counting.tokens)
             assert 0 < produced < 5 * TOKENS // 4, produced  # paused well before the end
             grown = rss_mib(process.pid) - baseline

@@ -47,7 +47,7 @@ async def all_calls(port: int, key: str, n: int = 8) -> set[grpc.StatusCode]:
     return set(await asyncio.gather(*(call(port, key) for _ in range(n))))
 
 
-async def eventually(port: int, key: str, expected: grpc.StatusCode, timeout: float = 10) -> None:
+async def eventually(port: int, key: str, expected: grpc.StatusCode, timeout: float = 30) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while (seen := await all_calls(port, key)) != {expected}:

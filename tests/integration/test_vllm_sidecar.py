@@ -57,7 +57,7 @@ async def test_generate_fails_fast_with_a_retryable_unavailable(sidecar: Running
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             async for _ in pb_grpc.BackendServiceStub(channel).Generate(request, timeout=10):
                 pass
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # at once, not at the call's 10 s deadline
     status = parse_status(failed.value)
     assert status.code == grpc.StatusCode.UNAVAILABLE
     assert status.reason == "engine_unavailable" and status.retry_after_s is not None
