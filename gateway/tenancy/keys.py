@@ -19,6 +19,12 @@ PREFIX = "llmgw_"
 _KEY = re.compile(r"^llmgw_([0-9a-f]{12})_([A-Za-z0-9_-]{16,128})$")
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+# Hex ids a YAML reader takes for a number when unquoted: all digits (an integer),
+# digits-e-digits (a float in YAML 1.2, which the CLI's ruamel.yaml speaks, though
+# not in PyYAML's 1.1: "1234e5678901" is inf to one and a string to the other),
+# 0b and binary digits (an integer in YAML 1.1). Tenant files are written by hand
+# and by several libraries, so such ids are never issued.
+_READS_AS_NUMBER = re.compile(r"^(?:[0-9]+(?:e[0-9]+)?|0b[01]+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +46,16 @@ def is_hash(value: str) -> bool:
     return bool(_HASH.match(value))
 
 
+def reads_as_number(key_id: str) -> bool:
+    """Whether a YAML 1.1 or 1.2 reader would load ``key_id``, unquoted, as a number."""
+    return bool(_READS_AS_NUMBER.match(key_id))
+
+
 def generate() -> NewKey:
-    """A new random key."""
+    """A new random key (its id never one that YAML could read as a number)."""
     key_id = secrets.token_hex(6)
+    while reads_as_number(key_id):
+        key_id = secrets.token_hex(6)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     return NewKey(key_id, key, hash_key(key))
 

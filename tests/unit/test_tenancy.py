@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ruamel.yaml import YAML
 
 from gateway.config import ConfigError
 from gateway.domain.accounting import estimate_prompt_tokens
@@ -29,6 +30,24 @@ def test_keys_are_prefixed_high_entropy_and_stored_only_as_hashes() -> None:
     assert keys.matches(new.secret, new.key_hash)
     assert not keys.matches(new.secret + "x", new.key_hash)
     assert keys.generate().secret != new.secret
+
+
+@pytest.mark.parametrize(
+    ("key_id", "number"),
+    [
+        ("1234e5678901", True),  # a float in YAML 1.2 (ruamel.yaml, the CLI)
+        ("123456789012", True),
+        ("0b0101010101", True),  # an integer in YAML 1.1 (PyYAML, the gateway)
+        ("12345678901e", False),
+        ("0123456789ab", False),
+        ("e12345678901", False),
+    ],
+)
+def test_key_ids_that_yaml_reads_as_numbers_are_never_issued(key_id: str, number: bool) -> None:
+    line = f"id: {key_id}\n"
+    readers = (YAML(typ="safe").load(line)["id"], yaml.safe_load(line)["id"])
+    assert keys.reads_as_number(key_id) == any(not isinstance(v, str) for v in readers)
+    assert not any(keys.reads_as_number(keys.generate().key_id) for _ in range(2000))
 
 
 def test_bearer_parsing() -> None:
