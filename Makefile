@@ -125,6 +125,25 @@ bench-routing: $(STAMP)
 bench-limits: $(STAMP)
 	$(BIN)/python -m bench.limits_accuracy $(BENCH_ARGS)
 
+## bench-litellm: the vllm-engine runs of bench with a LiteLLM proxy beside them (LiteLLM in its own
+## virtualenv, $(LLMGW_CACHE_DIR)/litellm-venv, never in this project's)
+.PHONY: bench-litellm bench-workers
+LITELLM_VERSION := 1.108.7
+LITELLM_VENV := $(LLMGW_CACHE_DIR)/litellm-venv
+# The stamp names the version, so changing LITELLM_VERSION reinstalls into the same venv.
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
+$(LITELLM_STAMP):
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $(LITELLM_STAMP)
+
+bench-litellm: $(STAMP) $(LITELLM_STAMP)
+	$(BIN)/python -m bench.run_bench --engines vllm --litellm $(LITELLM_VENV)/bin/litellm $(BENCH_ARGS)
+
+## bench-workers: gateway and shim with two workers each; does each worker get its share? (BENCH_ARGS=--quick: 5 s)
+bench-workers: $(STAMP)
+	$(BIN)/python -m bench.workers_scaling $(patsubst --quick,--duration 5,$(BENCH_ARGS))
+
 ## deploy: docker compose up (PROFILE=sim|cpu|gpu), or DEPLOY=k8s OVERLAY=sim|cpu|gpu-vllm [IMAGE=reg/llmgw:tag]: kubectl apply -k; waits for health, prints where things are (DEPLOY_ARGS=--dry-run prints the commands)
 .PHONY: deploy undeploy
 DEPLOY ?= compose
