@@ -12,7 +12,7 @@ from functools import cache
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -49,6 +49,21 @@ class SidecarMetrics:
         self.tokens = Counter(
             "llmgw_sidecar_generated_tokens_total", "Tokens generated.", ["model"]
         )
+        self.stream_hold = Gauge(
+            "llmgw_sidecar_stream_hold_seconds",
+            "How long streams may hold a message to merge tokens into it (adaptive hold; "
+            "0 while this process keeps up).",
+        )
+        self.loop_lag = Gauge(
+            "llmgw_sidecar_event_loop_lag_seconds",
+            "Smoothed delay between a stream being woken and running: the event loop's lag "
+            "that drives the adaptive hold.",
+        )
+
+    def export_pace(self, hold_s: float, lag_s: float) -> None:
+        """The adaptive hold's state after a controller step (``LoopLagPace(on_step=...)``)."""
+        self.stream_hold.set(hold_s)
+        self.loop_lag.set(lag_s)
 
 
 @cache

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from backends.engine import Engine
+from backends.metered import sidecar_metrics
 from backends.servicer import BackendServicer
 from common.batching import StreamLimits
 from common.grpcutil.malformed import MalformedRequestInterceptor
@@ -108,7 +109,9 @@ async def start_sidecar(
     pace = None
     if max_hold_s > 0 or stream_interval_s > 0:
         settings = PaceSettings(max_hold_s=max_hold_s, min_hold_s=min(0.010, max_hold_s))
-        pace = LoopLagPace(settings, floor_s=stream_interval_s)
+        pace = LoopLagPace(
+            settings, floor_s=stream_interval_s, on_step=sidecar_metrics().export_pace
+        )
     backend_pb2_grpc.add_BackendServiceServicer_to_server(
         BackendServicer(engine, pace, limits), server
     )

@@ -17,6 +17,15 @@ the hold while it is over a threshold, shrink it while it is well under,
 never above ``max_hold_s``, and zero when keeping up. An idle process
 reports nothing and does nothing; a hold left from a busy spell is
 dropped after ``idle_after_s`` without reports.
+
+The hold grows fast and shrinks slowly, because the hold is what removes
+the lag: a process that needs a 50 ms hold to keep up shows no lag while
+it holds, and a controller that shrank as fast as it grew would drop the
+hold within a few windows, fall behind again and oscillate, spending much
+of a busy spell sending one message per token. Shrinking by ~3 % a window
+keeps the hold for about half a second after the lag is gone, so it
+settles just above what the load needs; an idle process still drops it
+(``idle_after_s``).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ class PaceSettings:
     idle_after_s: float = 1.0  # a hold with no reports for this long is dropped
     smoothing: float = 0.3  # weight of the newest window in the moving average
     grow: float = 1.5  # hold multiplier per lagging window
-    shrink: float = 0.8  # hold multiplier per window well under the threshold
+    shrink: float = 0.97  # hold multiplier per window well under the threshold (slow: see above)
 
 
 class FixedPace:
@@ -65,8 +74,11 @@ class LoopLagPace:
         settings: PaceSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         floor_s: float = 0.0,
+        on_step: Callable[[float, float], None] | None = None,
     ) -> None:
         self.settings = settings or PaceSettings()
+        # Told (hold, lag) after every controller step: the process's gauges.
+        self._on_step = on_step
         self._clock = clock
         self._floor = floor_s  # a fixed minimum hold (the opt-in stream interval)
         self._hold = 0.0
@@ -85,6 +97,8 @@ class LoopLagPace:
         """The hold now."""
         if self._hold and self._clock() - self._last_step > self.settings.idle_after_s:
             self._hold = self._lag = 0.0  # left over from a busy spell long gone
+            if self._on_step is not None:
+                self._on_step(0.0, 0.0)
         return max(self._hold, self._floor)
 
     def woke(self, delay_s: float, now: float) -> None:
@@ -108,6 +122,8 @@ class LoopLagPace:
             self._hold *= s.shrink
             if self._hold < s.min_hold_s:
                 self._hold = 0.0
+        if self._on_step is not None:
+            self._on_step(self._hold, self._lag)
         return self._hold
 
     async def close(self) -> None:

@@ -36,6 +36,7 @@ from gateway.telemetry import (
     PrometheusObserver,
     count_rate_limit_refusal,
     count_usage_dropped,
+    export_pace,
     export_routing_state,
 )
 from gateway.tenancy.runtime import Tenancy, TenancyOptions, build_tenancy
@@ -185,7 +186,9 @@ async def start_gateway(
     pace = None
     if streaming.max_hold_ms > 0:
         hold_s = streaming.max_hold_ms / 1000
-        pace = LoopLagPace(PaceSettings(max_hold_s=hold_s, min_hold_s=min(0.010, hold_s)))
+        pace = LoopLagPace(
+            PaceSettings(max_hold_s=hold_s, min_hold_s=min(0.010, hold_s)), on_step=export_pace
+        )
     tenants = (
         build_tenancy(tenancy, registry, address, count_rate_limit_refusal, count_usage_dropped)
         if tenancy is not None

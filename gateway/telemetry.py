@@ -88,6 +88,8 @@ class GatewayMetrics:
     genai_duration: Histogram
     genai_tokens: Histogram
     usage_dropped: Counter
+    stream_hold: Gauge
+    loop_lag: Gauge
 
 
 @cache
@@ -205,6 +207,18 @@ def gateway_metrics() -> GatewayMetrics:
             "Requests refused by tenant limits, by reason.",
             ["tenant", "reason"],
         ),
+        stream_hold=Gauge(
+            "llmgw_gateway_stream_hold_seconds",
+            "How long streams may hold a message to merge tokens into it (adaptive hold; "
+            "0 while this process keeps up).",
+            multiprocess_mode="max",
+        ),
+        loop_lag=Gauge(
+            "llmgw_gateway_event_loop_lag_seconds",
+            "Smoothed delay between a stream being woken and running: the event loop's lag "
+            "that drives the adaptive hold.",
+            multiprocess_mode="max",
+        ),
         limits_store_up=Gauge(
             "llmgw_gateway_limits_store_up",
             "1 while the shared rate-limit store (Redis) answers; 0 while this process "
@@ -264,6 +278,13 @@ def count_rate_limit_refusal(tenant: str, limit: str) -> None:
 def count_usage_dropped(reason: str, count: int) -> None:
     """Count usage events the meter lost (its drop hook)."""
     gateway_metrics().usage_dropped.labels(reason).inc(count)
+
+
+def export_pace(hold_s: float, lag_s: float) -> None:
+    """The adaptive hold's state after a controller step (``LoopLagPace(on_step=...)``)."""
+    m = gateway_metrics()
+    m.stream_hold.set(hold_s)
+    m.loop_lag.set(lag_s)
 
 
 class PrometheusObserver:

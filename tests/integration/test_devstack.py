@@ -93,6 +93,7 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
         # Each process serves /metrics on its own port, never on the REST port.
         scraped = {port: httpx.get(f"http://127.0.0.1:{port}/metrics").text for port in metrics}
         assert "llmgw_gateway_requests_total{" in scraped[metrics[0]]
+        assert "llmgw_gateway_stream_hold_seconds " in scraped[metrics[0]]
         assert (
             'llmgw_shim_requests_total{route="/v1/chat/completions",status="200"}'
             in scraped[metrics[1]]
@@ -101,6 +102,7 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
             assert "llmgw_sidecar_requests_total{" in scraped[sidecar]
             assert "llmgw_sidecar_engine_capacity{" in scraped[sidecar]
             assert "llmgw_sidecar_prefix_cache_queries_total{" in scraped[sidecar]
+            assert "llmgw_sidecar_stream_hold_seconds " in scraped[sidecar]
         assert httpx.get(f"http://127.0.0.1:{rest}/metrics").status_code == 404
     finally:
         process.send_signal(signal.SIGINT)

@@ -4,6 +4,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from itertools import pairwise
 
 import pytest
 
@@ -315,6 +316,32 @@ def test_loop_lag_pace_grows_to_its_bound_under_lag_and_returns_to_zero() -> Non
     after = [pace.observe(0.0) for _ in range(200)]
     assert after[-1] == 0.0
     assert all(h == 0 or h >= settings.min_hold_s for h in holds + after)
+
+
+def test_loop_lag_pace_keeps_its_hold_while_the_lag_it_removed_stays_away() -> None:
+    # The hold is what removes the lag: dropping it as soon as the lag is gone
+    # would make the process fall behind again at once (oscillation).
+    settings = PaceSettings(max_hold_s=0.05, min_hold_s=0.01, lag_threshold_s=0.002)
+    pace = LoopLagPace(settings)
+    for _ in range(50):
+        pace.observe(0.5)
+    calm = [pace.observe(0.0) for _ in range(30)]  # 0.3 s of windows without lag
+    assert calm[-1] >= settings.max_hold_s / 2
+    assert all(a >= b for a, b in pairwise(calm))  # only ever shrinks
+    later = [pace.observe(0.0) for _ in range(200)]
+    assert later[-1] == 0.0  # and goes, once the calm lasts
+
+
+def test_loop_lag_pace_reports_every_step_and_the_idle_drop() -> None:
+    now = [0.0]
+    steps: list[tuple[float, float]] = []
+    pace = LoopLagPace(clock=lambda: now[0], on_step=lambda hold, lag: steps.append((hold, lag)))
+    pace.observe(0.5)
+    pace.observe(0.5)
+    assert len(steps) == 2 and steps[-1] == (pace.hold_s(), pace.lag_s) and steps[-1][0] > 0
+    now[0] += pace.settings.idle_after_s + 0.1
+    assert pace.hold_s() == 0.0
+    assert steps[-1] == (0.0, 0.0)  # the gauges learn the hold is gone
 
 
 def test_loop_lag_pace_steps_once_per_window_of_wake_up_reports() -> None:
