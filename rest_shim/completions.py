@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -28,31 +27,26 @@ from rest_shim.asgi_responses import (
 )
 from rest_shim.drain import SHUTTING_DOWN, is_draining
 from rest_shim.errors import ApiError, from_grpc_error, invalid_request
-from rest_shim.http import forwarded_metadata, parse_json_object, read_body
+from rest_shim.http import forwarded_metadata, read_body
+from rest_shim.parsing import Strict, add_seed_and_stop, clamp_int32, parse_json_object, validate
 from rest_shim.request_limits import DEFAULT_LIMITS, RequestLimits, check_counts
 from rest_shim.sse import DONE, FINISH_REASONS, KEEPALIVE, error_event
 
 log = logging.getLogger("llmgw.shim")
 router = APIRouter()
 
-_INT32_MAX = 2**31 - 1
-_INT64 = (-(2**63), 2**63 - 1)
 # OpenAI parameters the gateway cannot honour: refused unless null or empty.
 _UNSUPPORTED = frozenset({"logit_bias"})
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     """``stream_options``."""
 
     include_usage: bool | None = None
     include_obfuscation: bool | None = None  # OpenAI's; nothing to obfuscate here
 
 
-class CompletionBody(_Strict):
+class CompletionBody(Strict):
     """The parameters of POST /v1/completions."""
 
     model: str
@@ -97,20 +91,7 @@ def parse_completion(raw: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> Comp
                 param=key,
                 code="unsupported_parameter",
             )
-    try:
-        body = CompletionBody.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        param = str(first["loc"][0]) if first["loc"] else None
-        if first["type"] == "missing":
-            raise invalid_request(
-                f"Missing required parameter: '{param}'.",
-                param=param,
-                code="missing_required_parameter",
-            ) from None
-        raise invalid_request(
-            f"Invalid type for '{param}': {first['msg'].lower()}.", param=param, code="invalid_type"
-        ) from None
+    body = validate(CompletionBody, data)
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise invalid_request(
             "'best_of' is not supported by this gateway; leave it unset or equal to n.",
@@ -139,11 +120,6 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str]
     )
 
 
-def _int32(value: int) -> int:
-    # Out-of-range values keep their sign so the gateway reports them properly.
-    return max(-1, min(value, _INT32_MAX))
-
-
 def to_completion_params(body: CompletionBody) -> pb.CompletionParams:
     """Translate a parsed body to the gateway's request parameters."""
     params = pb.CompletionParams(
@@ -152,19 +128,12 @@ def to_completion_params(body: CompletionBody) -> pb.CompletionParams:
     for name in ("max_tokens", "n", "logprobs"):
         value = getattr(body, name)
         if value is not None:
-            setattr(params, name, _int32(value))
+            setattr(params, name, clamp_int32(value))
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "suffix"):
         value = getattr(body, name)
         if value is not None:
             setattr(params, name, value)
-    if body.seed is not None:
-        if not _INT64[0] <= body.seed <= _INT64[1]:
-            raise invalid_request("'seed' must fit in a signed 64-bit integer.", param="seed")
-        params.seed = body.seed
-    if isinstance(body.stop, str):
-        params.stop.append(body.stop)
-    elif body.stop:
-        params.stop.extend(body.stop)
+    add_seed_and_stop(params, body)
     return params
 
 

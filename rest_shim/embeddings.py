@@ -15,25 +15,22 @@ from typing import Literal
 import grpc
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
 from llmgw.v1 import embeddings_pb2 as pb
 from rest_shim.asgi_responses import routing_headers
 from rest_shim.errors import from_grpc_error, invalid_request
-from rest_shim.http import forwarded_metadata, parse_json_object, read_body
+from rest_shim.http import forwarded_metadata, read_body
+from rest_shim.parsing import INT32, Strict, clamp_int32, parse_json_object, validate
 from rest_shim.request_limits import RequestLimits
 
 router = APIRouter()
 
-_INT32_MAX = 2**31 - 1
 _LITTLE_ENDIAN = array("f").itemsize == 4 and int.from_bytes(b"\x01\x00", "little") == 1
 
 
-class EmbeddingBody(BaseModel):
+class EmbeddingBody(Strict):
     """The parameters of POST /v1/embeddings."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str
     input: str | list[str] | list[int] | list[list[int]]
@@ -58,20 +55,7 @@ def parse_embedding(raw: bytes) -> EmbeddingBody:
     for key in data:
         if key not in EmbeddingBody.model_fields:
             raise invalid_request(f"Unrecognized request argument supplied: {key}", param=key)
-    try:
-        return EmbeddingBody.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        param = str(first["loc"][0]) if first["loc"] else None
-        if first["type"] == "missing":
-            raise invalid_request(
-                f"Missing required parameter: '{param}'.",
-                param=param,
-                code="missing_required_parameter",
-            ) from None
-        raise invalid_request(
-            f"Invalid type for '{param}': {first['msg'].lower()}.", param=param, code="invalid_type"
-        ) from None
+    return validate(EmbeddingBody, data)
 
 
 def _inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[pb.EmbeddingInput]:
@@ -90,7 +74,7 @@ def _inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[pb.Emb
 
 
 def _token_ids(ids: Sequence[int]) -> list[int]:
-    if any(not -(2**31) <= i <= _INT32_MAX for i in ids):
+    if any(not INT32[0] <= i <= INT32[1] for i in ids):
         raise invalid_request("Token ids must be 32-bit integers.", param="input")
     return list(ids)
 
@@ -101,7 +85,7 @@ def to_embedding_request(body: EmbeddingBody) -> pb.CreateEmbeddingRequest:
         model=body.model, inputs=_inputs(body.input), user=body.user or ""
     )
     if body.dimensions is not None:
-        request.dimensions = max(-1, min(body.dimensions, _INT32_MAX))
+        request.dimensions = clamp_int32(body.dimensions)
     return request
 
 

@@ -7,7 +7,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from rest_shim.auth_guard import gateway_metadata
-from rest_shim.errors import ApiError, invalid_request
+from rest_shim.errors import ApiError
 from rest_shim.request_id import request_id_of
 
 # Headers forwarded to the gateway as gRPC metadata besides the credential
@@ -51,16 +51,3 @@ def forwarded_metadata(request: Request) -> tuple[tuple[str, str], ...]:
     )
     request_id = ("x-request-id", request_id_of(request.scope))
     return (*gateway_metadata(request), *forwarded, request_id)
-
-
-def parse_json_object(raw: bytes) -> dict[str, object]:
-    """Decode a JSON object body; 400 as OpenAI words it when it is not one."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise invalid_request(
-            "We could not parse the JSON body of your request. The API expects a JSON payload."
-        ) from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.")
-    return data

@@ -21,18 +21,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import orjson
 from google.protobuf import struct_pb2
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_types_pb2 as tpb
-from rest_shim.errors import ApiError, invalid_request
+from rest_shim.errors import invalid_request
+from rest_shim.parsing import (
+    INT32,
+    Strict,
+    add_seed_and_stop,
+    clamp_int32,
+    parse_json_object,
+    type_error,
+)
 from rest_shim.request_limits import DEFAULT_LIMITS, RequestLimits, check_counts
-
-_INT32 = (-(2**31), 2**31 - 1)
-_INT32_MAX = 2**31 - 1
-_INT64 = (-(2**63), 2**63 - 1)
 
 _ROLES = {
     "system": pb.ROLE_SYSTEM,
@@ -76,25 +79,21 @@ _UNSUPPORTED = frozenset(
 _MESSAGE_UNSUPPORTED = frozenset({"function_call", "audio"})
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class ImageUrlBody(_Strict):
+class ImageUrlBody(Strict):
     """``image_url`` of a content part."""
 
     url: str
     detail: str | None = None
 
 
-class InputAudioBody(_Strict):
+class InputAudioBody(Strict):
     """``input_audio`` of a content part."""
 
     data: str
     format: str
 
 
-class ContentPartBody(_Strict):
+class ContentPartBody(Strict):
     """A content part: text, image_url or input_audio (other kinds are
     refused by name after parsing, so their fields are not errors here)."""
 
@@ -106,14 +105,14 @@ class ContentPartBody(_Strict):
     input_audio: InputAudioBody | None = None
 
 
-class FunctionCallBody(_Strict):
+class FunctionCallBody(Strict):
     """``function`` of a tool call."""
 
     name: str
     arguments: str
 
 
-class ToolCallBody(_Strict):
+class ToolCallBody(Strict):
     """A tool call of an assistant message, replayed by the client."""
 
     id: str
@@ -121,7 +120,7 @@ class ToolCallBody(_Strict):
     function: FunctionCallBody
 
 
-class MessageBody(_Strict):
+class MessageBody(Strict):
     """One message as OpenAI clients send it."""
 
     role: str
@@ -139,7 +138,7 @@ class MessageBody(_Strict):
     reasoning: str | None = None
 
 
-class FunctionBody(_Strict):
+class FunctionBody(Strict):
     """``function`` of a tool."""
 
     name: str
@@ -148,27 +147,27 @@ class FunctionBody(_Strict):
     strict: bool | None = None
 
 
-class ToolBody(_Strict):
+class ToolBody(Strict):
     """A function tool."""
 
     type: Literal["function"]
     function: FunctionBody
 
 
-class NamedFunction(_Strict):
+class NamedFunction(Strict):
     """``function`` of a named tool choice."""
 
     name: str
 
 
-class ToolChoiceBody(_Strict):
+class ToolChoiceBody(Strict):
     """``{"type": "function", "function": {"name": ...}}``."""
 
     type: Literal["function"]
     function: NamedFunction
 
 
-class JsonSchemaBody(_Strict):
+class JsonSchemaBody(Strict):
     """``json_schema`` of a response format."""
 
     name: str
@@ -178,14 +177,14 @@ class JsonSchemaBody(_Strict):
     strict: bool | None = None
 
 
-class ResponseFormatBody(_Strict):
+class ResponseFormatBody(Strict):
     """``response_format``."""
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaBody | None = None
 
 
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     """``stream_options`` (``include_obfuscation`` is accepted and ignored:
     there is no obfuscation field to leave out)."""
 
@@ -194,7 +193,7 @@ class StreamOptions(_Strict):
     continuous_usage_stats: bool | None = None
 
 
-class ChatCompletionBody(_Strict):
+class ChatCompletionBody(Strict):
     """The typed parameters of POST /v1/chat/completions."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -251,14 +250,7 @@ _FIELD_NAMES = (
 
 def parse_body(raw: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatCompletionBody:
     """Decode and type-check a request body; raise ApiError (400) naming the problem."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise invalid_request(
-            "We could not parse the JSON body of your request. The API expects a JSON payload."
-        ) from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.")
+    data = parse_json_object(raw)
     check_counts(data, limits)  # before any per-message work
     extras = {}
     for key, value in data.items():
@@ -276,7 +268,7 @@ def parse_body(raw: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatComple
     try:
         body = ChatCompletionBody.model_validate(data)
     except ValidationError as error:
-        raise _type_error(error) from None
+        raise type_error(error, _param_path) from None
     body._extras = extras
     _check_shapes(body)
     return body
@@ -320,20 +312,6 @@ def _check_shapes(body: ChatCompletionBody) -> None:
         )
 
 
-def _type_error(error: ValidationError) -> ApiError:
-    first = error.errors()[0]
-    param = _param_path(first["loc"])
-    if first["type"] == "missing":
-        return invalid_request(
-            f"Missing required parameter: '{param}'.",
-            param=param,
-            code="missing_required_parameter",
-        )
-    return invalid_request(
-        f"Invalid type for '{param}': {first['msg'].lower()}.", param=param, code="invalid_type"
-    )
-
-
 def _param_path(loc: tuple[int | str, ...]) -> str:
     """('messages', 0, 'content') -> 'messages[0].content'; drops pydantic's union tags."""
     path = ""
@@ -343,11 +321,6 @@ def _param_path(loc: tuple[int | str, ...]) -> str:
         elif part in _FIELD_NAMES:
             path += f".{part}" if path else part
     return path
-
-
-def _clamp_int32(value: int) -> int:
-    # Out-of-range values keep their sign so the gateway reports them properly.
-    return max(-1, min(value, _INT32_MAX))
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -397,23 +370,16 @@ def to_params(body: ChatCompletionBody) -> pb.ChatCompletionParams:
     for message in body.messages:
         _add_message(params, message)
     if body.max_tokens is not None:
-        params.max_tokens = _clamp_int32(body.max_tokens)
+        params.max_tokens = clamp_int32(body.max_tokens)
     if body.max_completion_tokens is not None:
-        params.max_completion_tokens = _clamp_int32(body.max_completion_tokens)
+        params.max_completion_tokens = clamp_int32(body.max_completion_tokens)
     if body.n is not None:
-        params.n = _clamp_int32(body.n)
+        params.n = clamp_int32(body.n)
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = getattr(body, name)
         if value is not None:
             setattr(params.sampling, name, value)
-    if body.seed is not None:
-        if not _INT64[0] <= body.seed <= _INT64[1]:
-            raise invalid_request("'seed' must fit in a signed 64-bit integer.", param="seed")
-        params.seed = body.seed
-    if isinstance(body.stop, str):
-        params.stop.append(body.stop)
-    elif body.stop:
-        params.stop.extend(body.stop)
+    add_seed_and_stop(params, body)
     _add_features(params, body)
     return params
 
@@ -449,13 +415,13 @@ def _add_features(params: pb.ChatCompletionParams, body: ChatCompletionBody) -> 
     if body.logprobs is not None:
         params.logprobs = body.logprobs
     if body.top_logprobs is not None:
-        params.top_logprobs = _clamp_int32(body.top_logprobs)
+        params.top_logprobs = clamp_int32(body.top_logprobs)
     for token, bias in (body.logit_bias or {}).items():
         try:
             token_id = int(token)
         except ValueError:
             token_id = -1
-        if not _INT32[0] <= token_id <= _INT32[1] or token_id < 0:
+        if not INT32[0] <= token_id <= INT32[1] or token_id < 0:
             raise invalid_request(
                 f"Invalid key in 'logit_bias': {token!r} is not a token id.", param="logit_bias"
             )
