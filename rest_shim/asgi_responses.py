@@ -90,22 +90,25 @@ def routing_headers(metadata: Any) -> list[tuple[bytes, bytes]]:
     ]
 
 
-class CompletionResponse(Response):
-    """Runs a unary CreateChatCompletion and answers OpenAI's chat.completion JSON."""
+class UnaryResponse(Response):
+    """Runs a unary gateway call and answers ``render(response)`` as JSON, with the
+    gateway's routing headers; the call is cancelled if the client leaves first."""
 
     def __init__(
-        self, start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]], logprobs: bool = False
+        self,
+        start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]],
+        render: Callable[[Any], bytes],
     ) -> None:
         super().__init__()
         self._start_call = start_call
-        self._logprobs = logprobs
+        self._render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer once the completion is whole; cancel it if the client leaves."""
+        """Answer once the response is whole; cancel the call if the client leaves."""
         call = self._start_call()
         watcher = watch_disconnect(receive, call)
         try:
-            response: pb.CreateChatCompletionResponse = await call
+            response = await call
             routing = routing_headers(await call.initial_metadata())
         except grpc.aio.AioRpcError as error:
             await send_error(send, from_grpc_error(error), scope)
@@ -116,39 +119,49 @@ class CompletionResponse(Response):
             raise
         finally:
             watcher.cancel()
-        body = orjson.dumps(completion_json(response, self._logprobs))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*JSON_HEADERS, request_id.header(scope), *routing],
-            }
-        )
+        body = self._render(response)
+        headers = [*JSON_HEADERS, request_id.header(scope), *routing]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
-class CompletionStreamResponse(Response):
-    """Runs a StreamChatCompletion and relays it as OpenAI SSE.
+class CompletionResponse(UnaryResponse):
+    """Runs a unary CreateChatCompletion and answers OpenAI's chat.completion JSON."""
+
+    def __init__(
+        self, start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]], logprobs: bool = False
+    ) -> None:
+        def render(response: pb.CreateChatCompletionResponse) -> bytes:
+            return orjson.dumps(completion_json(response, logprobs))
+
+        super().__init__(start_call, render)
+
+
+class StreamResponse(Response):
+    """Runs a server-streaming gateway call and relays it as OpenAI SSE; a subclass
+    encodes the events after the first, which is always a StreamStart.
 
     The HTTP status is decided by the gateway's first event: an error before
     it is a plain HTTP error; after it, an SSE error event and no ``[DONE]``,
     so a failed stream never looks finished.
     """
 
+    # Names the stream in the log line of a relay that failed.
+    relay_name = "stream"
+
     def __init__(
-        self,
-        start_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
-        include_usage: bool,
-        keepalive_s: float = 15.0,
-        choices: int = 1,
-        logprobs: bool = False,
+        self, start_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]], keepalive_s: float
     ) -> None:
         super().__init__()
         self._start_call = start_call
-        self._include_usage = include_usage
         self._keepalive_s = keepalive_s
-        self._choices = choices
-        self._logprobs = logprobs
+
+    async def relay(
+        self, start: pb.StreamStart, call: grpc.aio.UnaryStreamCall[Any, Any], send: Send
+    ) -> None:
+        """Send the SSE events of the stream that ``start`` began, ``[DONE]`` last;
+        raise if the gateway's stream ends without its end event."""
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Relay the stream; cancel the gateway call as soon as the client leaves."""
@@ -169,40 +182,12 @@ class CompletionStreamResponse(Response):
             first = pending.result()
             if first is grpc.aio.EOF or not first.HasField("start"):
                 raise RuntimeError("the gateway stream did not begin with StreamStart")
-            start = first.start
-            encoder = ChunkEncoder(
-                start.id,
-                start.created,
-                start.model,
-                self._include_usage,
-                choices=self._choices,
-                logprobs=self._logprobs,
-            )
             if not started:
                 headers = [*SSE_HEADERS, request_id.header(scope)]
                 headers.extend(routing_headers(await call.initial_metadata()))
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 started = True
-            await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
-            content = encoder.content
-            ended = False
-            read = call.read
-            while (message := await read()) is not grpc.aio.EOF:
-                # Per-token path: one field test, one encode, one send.
-                if message.HasField("delta"):
-                    chunk = content(message.delta.content)
-                elif message.HasField("choice_delta"):
-                    chunk = encoder.choice(message.choice_delta)
-                else:
-                    end = message.end
-                    chunk = encoder.finish(end.finish_reason, end.choice_finish_reasons)
-                    if end.HasField("usage"):
-                        chunk += encoder.usage(end.usage.prompt_tokens, end.usage.completion_tokens)
-                    chunk += DONE
-                    ended = True
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not ended:
-                raise RuntimeError("the gateway stream ended without StreamEnd")
+            await self.relay(first.start, call, send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except grpc.aio.AioRpcError as error:
             await self._fail(send, from_grpc_error(error), started, scope)
@@ -216,7 +201,7 @@ class CompletionStreamResponse(Response):
         except Exception:
             # Whatever went wrong, the client must see an error, never a
             # stream that just stops; the traceback goes to our log only.
-            log.exception("stream relay failed")
+            log.exception("%s relay failed", self.relay_name)
             await self._fail(
                 send,
                 ApiError(500, "The server had an error while relaying the stream.", "server_error"),
@@ -243,3 +228,53 @@ class CompletionStreamResponse(Response):
             )
         except OSError:
             pass  # the client is gone too; nothing left to tell
+
+
+class CompletionStreamResponse(StreamResponse):
+    """Runs a StreamChatCompletion and relays it as OpenAI ``chat.completion.chunk`` SSE."""
+
+    def __init__(
+        self,
+        start_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
+        include_usage: bool,
+        keepalive_s: float = 15.0,
+        choices: int = 1,
+        logprobs: bool = False,
+    ) -> None:
+        super().__init__(start_call, keepalive_s)
+        self._include_usage = include_usage
+        self._choices = choices
+        self._logprobs = logprobs
+
+    async def relay(
+        self, start: pb.StreamStart, call: grpc.aio.UnaryStreamCall[Any, Any], send: Send
+    ) -> None:
+        """The role chunk, then a chunk per event; the finish (and usage) chunks and ``[DONE]``."""
+        encoder = ChunkEncoder(
+            start.id,
+            start.created,
+            start.model,
+            self._include_usage,
+            choices=self._choices,
+            logprobs=self._logprobs,
+        )
+        await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
+        content = encoder.content
+        ended = False
+        read = call.read
+        while (message := await read()) is not grpc.aio.EOF:
+            # Per-token path: one field test, one encode, one send.
+            if message.HasField("delta"):
+                chunk = content(message.delta.content)
+            elif message.HasField("choice_delta"):
+                chunk = encoder.choice(message.choice_delta)
+            else:
+                end = message.end
+                chunk = encoder.finish(end.finish_reason, end.choice_finish_reasons)
+                if end.HasField("usage"):
+                    chunk += encoder.usage(end.usage.prompt_tokens, end.usage.completion_tokens)
+                chunk += DONE
+                ended = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not ended:
+            raise RuntimeError("the gateway stream ended without StreamEnd")

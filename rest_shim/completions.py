@@ -5,8 +5,6 @@ left to the gateway; the answer as ``text_completion`` JSON or SSE chunks.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,25 +12,17 @@ import grpc
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
 from llmgw.v1 import completions_pb2 as pb
-from rest_shim import request_id
-from rest_shim.asgi_responses import (
-    JSON_HEADERS,
-    SSE_HEADERS,
-    routing_headers,
-    send_error,
-    watch_disconnect,
-)
-from rest_shim.drain import SHUTTING_DOWN, is_draining
-from rest_shim.errors import ApiError, from_grpc_error, invalid_request
+from llmgw.v1.chat_pb2 import StreamStart
+from rest_shim.asgi_responses import StreamResponse, UnaryResponse
+from rest_shim.errors import invalid_request
 from rest_shim.http import forwarded_metadata, read_body
 from rest_shim.parsing import Strict, add_seed_and_stop, clamp_int32, parse_json_object, validate
 from rest_shim.request_limits import DEFAULT_LIMITS, RequestLimits, check_counts
-from rest_shim.sse import DONE, FINISH_REASONS, KEEPALIVE, error_event
+from rest_shim.sse import DONE, FINISH_REASONS
 
-log = logging.getLogger("llmgw.shim")
 router = APIRouter()
 
 # OpenAI parameters the gateway cannot honour: refused unless null or empty.
@@ -252,45 +242,10 @@ class CompletionChunkEncoder:
         return self._head + b'],"usage":' + orjson.dumps(_usage(usage)) + b"}\n\n"
 
 
-class CompletionResponse(Response):
-    """Runs a unary CreateCompletion and answers ``text_completion`` JSON."""
+class CompletionStreamResponse(StreamResponse):
+    """Runs a StreamCompletion and relays it as OpenAI ``text_completion`` SSE chunks."""
 
-    def __init__(
-        self,
-        start_call: Callable[[], grpc.aio.UnaryUnaryCall[Any, Any]],
-        with_logprobs: bool = False,
-    ) -> None:
-        super().__init__()
-        self._start_call = start_call
-        self._with_logprobs = with_logprobs
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer once every choice is whole; cancel the call if the client leaves."""
-        call = self._start_call()
-        watcher = watch_disconnect(receive, call)
-        try:
-            response: pb.CreateCompletionResponse = await call
-            routing = routing_headers(await call.initial_metadata())
-        except grpc.aio.AioRpcError as error:
-            await send_error(send, from_grpc_error(error), scope)
-            return
-        except asyncio.CancelledError:
-            if watcher.done():
-                return  # the client left; nobody to answer
-            raise
-        finally:
-            watcher.cancel()
-        headers = [*JSON_HEADERS, request_id.header(scope), *routing]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": completion_json(response, self._with_logprobs)}
-        )
-
-
-class CompletionStreamResponse(Response):
-    """Runs a StreamCompletion and relays it as OpenAI SSE. As for chat, an error
-    before the first event is a plain HTTP error; after it, an SSE error event
-    and no ``[DONE]``."""
+    relay_name = "completion stream"
 
     def __init__(
         self,
@@ -298,94 +253,37 @@ class CompletionStreamResponse(Response):
         include_usage: bool,
         keepalive_s: float,
     ) -> None:
-        super().__init__()
-        self._start_call = start_call
+        super().__init__(start_call, keepalive_s)
         self._include_usage = include_usage
-        self._keepalive_s = keepalive_s
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Relay the stream; cancel the gateway call as soon as the client leaves."""
-        call = self._start_call()
-        watcher = watch_disconnect(receive, call)
-        started = False
-        pending: asyncio.Future[Any] = asyncio.ensure_future(call.read())
-        try:
-            while not (await asyncio.wait({pending}, timeout=self._keepalive_s))[0]:
-                if not started:
-                    await send(
-                        {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
-                    )
-                    started = True
-                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
-            first = pending.result()
-            if first is grpc.aio.EOF or not first.HasField("start"):
-                raise RuntimeError("the gateway stream did not begin with StreamStart")
-            start = first.start
-            encoder = CompletionChunkEncoder(
-                start.id, start.created, start.model, self._include_usage
-            )
-            if not started:
-                headers = [*SSE_HEADERS, request_id.header(scope)]
-                headers.extend(routing_headers(await call.initial_metadata()))
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                started = True
-            ended = False
-            read = call.read
-            while (message := await read()) is not grpc.aio.EOF:
-                kind = message.WhichOneof("event")
-                if kind == "delta":
-                    delta = message.delta
-                    if delta.logprobs:
-                        chunk = encoder.text_with_logprobs(delta.index, delta.text, delta.logprobs)
-                    else:
-                        chunk = encoder.text(delta.index, delta.text)
-                elif kind == "choice_end":
-                    end = message.choice_end
-                    chunk = encoder.finish(end.index, end.finish_reason)
-                elif kind == "end":
-                    chunk = DONE
-                    if message.end.HasField("usage"):
-                        chunk = encoder.usage(message.end.usage) + DONE
-                    ended = True
+    async def relay(
+        self, start: StreamStart, call: grpc.aio.UnaryStreamCall[Any, Any], send: Send
+    ) -> None:
+        """A chunk per text delta and per finished choice; the usage chunk and ``[DONE]``."""
+        encoder = CompletionChunkEncoder(start.id, start.created, start.model, self._include_usage)
+        ended = False
+        read = call.read
+        while (message := await read()) is not grpc.aio.EOF:
+            kind = message.WhichOneof("event")
+            if kind == "delta":
+                delta = message.delta
+                if delta.logprobs:
+                    chunk = encoder.text_with_logprobs(delta.index, delta.text, delta.logprobs)
                 else:
-                    continue
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not ended:
-                raise RuntimeError("the gateway stream ended without its end event")
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except grpc.aio.AioRpcError as error:
-            await _fail(send, scope, from_grpc_error(error), started)
-        except asyncio.CancelledError:
-            if watcher.done():
-                return  # the client left; the gateway call is already cancelled
-            if is_draining(scope):  # cut off at the end of the shutdown grace: say so
-                await _fail(send, scope, SHUTTING_DOWN, started)
-                return
-            raise
-        except Exception:
-            log.exception("completion stream relay failed")
-            await _fail(
-                send,
-                scope,
-                ApiError(500, "The server had an error while relaying the stream.", "server_error"),
-                started,
-            )
-        finally:
-            pending.cancel()
-            watcher.cancel()
-            call.cancel()
-
-
-async def _fail(send: Send, scope: Scope, error: ApiError, started: bool) -> None:
-    try:
-        if not started:
-            await send_error(send, error, scope)
-            return
-        await send(
-            {"type": "http.response.body", "body": error_event(error.body()), "more_body": False}
-        )
-    except OSError:
-        pass  # the client is gone too; nothing left to tell
+                    chunk = encoder.text(delta.index, delta.text)
+            elif kind == "choice_end":
+                end = message.choice_end
+                chunk = encoder.finish(end.index, end.finish_reason)
+            elif kind == "end":
+                chunk = DONE
+                if message.end.HasField("usage"):
+                    chunk = encoder.usage(message.end.usage) + DONE
+                ended = True
+            else:
+                continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not ended:
+            raise RuntimeError("the gateway stream ended without its end event")
 
 
 @router.post("/v1/completions")
@@ -407,7 +305,8 @@ async def create_completion(request: Request) -> Response:
             settings.sse_keepalive_s,
         )
     unary_request = pb.CreateCompletionRequest(params=params)
-    return CompletionResponse(
+    with_logprobs = body.logprobs is not None
+    return UnaryResponse(
         lambda: stub.CreateCompletion(unary_request, metadata=metadata, timeout=timeout),
-        with_logprobs=body.logprobs is not None,
+        lambda response: completion_json(response, with_logprobs),
     )
