@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
 from backends.engine import (
     ChoiceEvent,
     EmbedRequest,
@@ -19,6 +17,7 @@ from backends.engine import (
     FinishReason,
     JsonObject,
 )
+from common.protojson import struct_to_json
 from llmgw.backend.v1 import backend_pb2 as pb
 from llmgw.backend.v1 import generate_types_pb2 as tpb
 
@@ -53,22 +52,6 @@ _EFFORTS = {
     tpb.REASONING_EFFORT_HIGH: "high",
     tpb.REASONING_EFFORT_XHIGH: "xhigh",
 }
-
-
-def struct_to_json(struct: Any) -> dict[str, Any]:
-    """A Struct as JSON values, integral numbers as int (Struct keeps only doubles;
-    JSON Schemas and vLLM's integer fields want ``1``, not ``1.0``)."""
-    return _ints(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
-
-
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
 
 
 def _part(part: tpb.ContentPart) -> JsonObject:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from google.protobuf import json_format
-
+from common.protojson import struct_to_json
 from gateway.domain.chat import (
     NO_FEATURES,
     AudioPart,
@@ -64,22 +62,6 @@ _EFFORTS = {
 }
 
 
-def struct_to_dict(struct: Any) -> dict[str, Any]:
-    """A google.protobuf.Struct as plain JSON values; integral numbers back to int
-    (Struct keeps every number as a double, JSON Schemas want ``"minItems": 1``)."""
-    return _ints(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
-
-
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
-
-
 def _parts(parts: Sequence[tpb.ContentPart]) -> tuple[ContentPart, ...]:
     out: list[ContentPart] = []
     for part in parts:
@@ -130,7 +112,7 @@ def _response_format(params: pb.ChatCompletionParams) -> ResponseFormat | None:
         kind,
         name=js.name,
         description=js.description,
-        schema=struct_to_dict(js.schema) if js.HasField("schema") else None,
+        schema=struct_to_json(js.schema) if js.HasField("schema") else None,
         strict=js.strict if js.HasField("strict") else None,
     )
 
@@ -157,7 +139,7 @@ def _features(params: pb.ChatCompletionParams) -> Features:
                 name=t.function.name,
                 description=t.function.description,
                 parameters=(
-                    struct_to_dict(t.function.parameters)
+                    struct_to_json(t.function.parameters)
                     if t.function.HasField("parameters")
                     else None
                 ),
@@ -175,7 +157,7 @@ def _features(params: pb.ChatCompletionParams) -> Features:
         logit_bias=dict(params.logit_bias),
         reasoning_effort=_EFFORTS.get(params.reasoning_effort),
         engine_extras=(
-            struct_to_dict(params.engine_extras) if params.HasField("engine_extras") else None
+            struct_to_json(params.engine_extras) if params.HasField("engine_extras") else None
         ),
     )
 
