@@ -114,6 +114,13 @@ class Deployment:
     def models(self) -> pb_grpc.ModelServiceStub:
         return pb_grpc.ModelServiceStub(self.channel)
 
+    async def stop(self, *others: RunningSidecar) -> None:
+        """Close the channel, stop the gateway, then its sidecars and ``others``."""
+        await self.channel.close()
+        await self.gateway.stop(0)
+        for s in (*self.sidecars, *others):
+            await s.stop(0)
+
 
 async def deploy(
     sims: dict[str, SimConfig],
@@ -144,6 +151,27 @@ async def deploy(
     return Deployment(engines, sidecars, gateway, channel)
 
 
+async def deploy_with_embedder(
+    sims: dict[str, SimConfig], dimensions: int, tenancy: TenancyOptions | None = None
+) -> tuple[Deployment, RunningSidecar]:
+    """``deploy(sims)`` plus an embedding model, sim-embed (alias embed), on a sidecar
+    of its own; stop it with ``Deployment.stop(embedder)``."""
+    embedder = await start_sidecar(SimEngine(SimConfig(embedding_dimensions=dimensions)))
+    d = await deploy(
+        sims,
+        extra=[
+            {
+                "name": "sim-embed",
+                "aliases": ["embed"],
+                "kind": "embedding",
+                "endpoints": [f"127.0.0.1:{embedder.port}"],
+            }
+        ],
+        tenancy=tenancy,
+    )
+    return d, embedder
+
+
 @pytest.fixture
 async def deployment() -> AsyncIterator[Deployment]:
     """Two models: sim-small (fast) and sim-large, on zero-delay sim engines."""
@@ -154,10 +182,7 @@ async def deployment() -> AsyncIterator[Deployment]:
         }
     )
     yield d
-    await d.channel.close()
-    await d.gateway.stop(0)
-    for s in d.sidecars:
-        await s.stop(0)
+    await d.stop()
 
 
 @dataclass

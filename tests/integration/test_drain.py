@@ -22,8 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from backends.engines.sim import SimConfig
 from gateway.tenancy.runtime import TenancyOptions
 from llmgw.v1 import chat_pb2 as pb
+from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from tests.conftest import Deployment, deploy, params, wait_until
-from tests.integration.test_tenancy_grpc import rpc_details
+from tests.grpc_details import rpc_details
 from tests.redis_server import RedisServer
 from tests.tenancy_helpers import bearer, tenant, write_tenants
 
@@ -47,8 +48,9 @@ class Received:
         return len("".join(self.text).split())
 
 
-async def consume(d: Deployment, key: str, out: Received, max_tokens: int) -> None:
-    call = d.chat.StreamChatCompletion(
+async def consume(stub: pb_grpc.ChatServiceStub, key: str, out: Received, max_tokens: int) -> None:
+    """Read one stream to its end (finished, or an error), recording what arrived."""
+    call = stub.StreamChatCompletion(
         pb.StreamChatCompletionRequest(
             params=params(content=PROMPT, max_tokens=max_tokens), include_usage=True
         ),
@@ -65,6 +67,7 @@ async def consume(d: Deployment, key: str, out: Received, max_tokens: int) -> No
                 out.finished = True
     except grpc.aio.AioRpcError as error:
         out.code = error.code()
+        # An error without details (a cut connection, say) has no reason: the check says so.
         info = rpc_details(error).get("ErrorInfo")
         out.reason = info.reason if info is not None else ""  # type: ignore[attr-defined]
 
@@ -86,7 +89,7 @@ async def run_streams(d: Deployment, key: str) -> tuple[list[Received], list[asy
     received = [Received() for _ in range(STREAMS)]
     # A few short ones finish inside the grace; the rest are cut.
     tasks = [
-        asyncio.create_task(consume(d, key, r, 60 if i < 4 else 1000))
+        asyncio.create_task(consume(d.chat, key, r, 60 if i < 4 else 1000))
         for i, r in enumerate(received)
     ]
     try:

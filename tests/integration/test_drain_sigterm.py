@@ -27,40 +27,14 @@ from backends.server import RunningSidecar, start_sidecar
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
 from tests.conftest import free_port, params, wait_until
-from tests.integration.test_drain import PROMPT, STREAMS, Received, metered
-from tests.integration.test_tenancy_grpc import rpc_details
+from tests.integration.test_drain import STREAMS, Received, consume, metered
 from tests.redis_server import RedisServer
-from tests.tenancy_helpers import bearer, tenant, write_tenants
+from tests.tenancy_helpers import tenant, write_tenants
 
 GRACE_S = 2.0
 SHORT, LONG = 60, 1000  # tokens: 20 ms each, so a long stream outlives the grace
 # Generous: the machine may be busy; what is checked is the outcome, not its speed.
 PATIENCE_S = 60.0
-
-
-async def consume(stub: pb_grpc.ChatServiceStub, key: str, out: Received, max_tokens: int) -> None:
-    """Read one stream to its end (finished, or an error), recording what arrived."""
-    call = stub.StreamChatCompletion(
-        pb.StreamChatCompletionRequest(
-            params=params(content=PROMPT, max_tokens=max_tokens), include_usage=True
-        ),
-        metadata=bearer(key),
-    )
-    try:
-        async for message in call:
-            kind = message.WhichOneof("event")
-            if kind == "start":
-                out.request_id = message.start.id
-            elif kind == "delta":
-                out.text.append(message.delta.content)
-            else:
-                out.finished = True
-    except grpc.aio.AioRpcError as error:
-        out.code = error.code()
-        # An error without details (a cut connection, say) has no reason: the check says so.
-        if "grpc-status-details-bin" in dict(error.trailing_metadata() or ()):
-            info = rpc_details(error).get("ErrorInfo")
-            out.reason = info.reason if info is not None else ""  # type: ignore[attr-defined]
 
 
 @dataclass

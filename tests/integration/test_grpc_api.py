@@ -6,30 +6,12 @@ import asyncio
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from backends.engines.sim import FailureMode, SimConfig
 from llmgw.v1 import chat_pb2 as pb
 from tests.conftest import Deployment, deploy, params, user, wait_until
-
-
-def details(error: grpc.aio.AioRpcError) -> dict[str, object]:
-    """Unpack google.rpc details from the status trailer."""
-    raw = dict(error.trailing_metadata() or ())["grpc-status-details-bin"]
-    status = status_pb2.Status.FromString(raw)
-    out: dict[str, object] = {}
-    for packed in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-        ):
-            if packed.Is(kind.DESCRIPTOR):
-                message = kind()
-                packed.Unpack(message)
-                out[kind.__name__] = message
-    return out
+from tests.grpc_details import rpc_details
 
 
 async def collect(call: grpc.aio.UnaryStreamCall) -> list[pb.StreamChatCompletionResponse]:  # type: ignore[type-arg]
@@ -133,7 +115,7 @@ async def test_invalid_requests_are_invalid_argument_with_field_violations(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        found = details(caught.value)
+        found = rpc_details(caught.value)
         assert [v.field for v in found["BadRequest"].field_violations][0] == field  # type: ignore[attr-defined]
         assert found["ErrorInfo"].domain == "llmgw"  # type: ignore[attr-defined]
     assert deployment.engines["sim-small"].started == 0  # nothing reached an engine
@@ -144,7 +126,7 @@ async def test_every_violation_is_reported_at_once(deployment: Deployment) -> No
         await deployment.chat.CreateChatCompletion(
             pb.CreateChatCompletionRequest(params=params(n=300, temperature=-1, top_p=2))
         )
-    fields = {v.field for v in details(caught.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
+    fields = {v.field for v in rpc_details(caught.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
     assert fields == {"n", "temperature", "top_p"}
 
 
@@ -155,7 +137,7 @@ async def test_unknown_model_is_not_found_with_reason(deployment: Deployment) ->
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "gpt-17" in (caught.value.details() or "")
-    assert details(caught.value)["ErrorInfo"].reason == "model_not_found"  # type: ignore[attr-defined]
+    assert rpc_details(caught.value)["ErrorInfo"].reason == "model_not_found"  # type: ignore[attr-defined]
 
 
 async def test_prompt_longer_than_context_is_invalid_argument_from_the_engine(
@@ -181,7 +163,7 @@ async def test_failure_before_first_token_is_a_status_without_messages() -> None
                 received.append(message)
         assert received == []
         assert caught.value.code() == grpc.StatusCode.INTERNAL
-        assert details(caught.value)["ErrorInfo"].reason == "backend_failed"  # type: ignore[attr-defined]
+        assert rpc_details(caught.value)["ErrorInfo"].reason == "backend_failed"  # type: ignore[attr-defined]
         assert "injected" not in (caught.value.details() or "")  # no backend internals leak
     finally:
         await d.gateway.stop(0)
@@ -220,7 +202,7 @@ async def test_unreachable_backend_is_unavailable(deployment: Deployment) -> Non
                 pb.CreateChatCompletionRequest(params=params("ghost"))
             )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert details(caught.value)["RetryInfo"].retry_delay.seconds >= 1  # type: ignore[attr-defined]
+        assert rpc_details(caught.value)["RetryInfo"].retry_delay.seconds >= 1  # type: ignore[attr-defined]
     finally:
         await d.gateway.stop(0)
 

@@ -14,8 +14,7 @@ import openai
 import orjson
 import pytest
 
-from backends.engines.sim import SimConfig, SimEngine, embed_text
-from backends.server import start_sidecar
+from backends.engines.sim import SimConfig, embed_text
 from common.grpcutil.status import parse_status
 from llmgw.v1 import (
     chat_pb2,
@@ -26,7 +25,7 @@ from llmgw.v1 import (
     embeddings_pb2_grpc,
 )
 from tests.compat.openapi import assert_valid, assert_valid_against, completion_chunk_schema
-from tests.conftest import ANY_KEY, Deployment, Shim, deploy
+from tests.conftest import Deployment, Shim, deploy_with_embedder
 
 PROMPT = "alpha beta gamma delta"
 EMBED_DIMS = 48
@@ -35,37 +34,9 @@ EMBED_DIMS = 48
 @pytest.fixture
 async def deployment() -> AsyncIterator[Deployment]:
     """A generating model (sim-small, alias small) and an embedding model (sim-embed)."""
-    embedder = await start_sidecar(SimEngine(SimConfig(embedding_dimensions=EMBED_DIMS)))
-    d = await deploy(
-        {"sim-small": SimConfig(output_tokens=20)},
-        extra=[
-            {
-                "name": "sim-embed",
-                "aliases": ["embed"],
-                "kind": "embedding",
-                "endpoints": [f"127.0.0.1:{embedder.port}"],
-            }
-        ],
-    )
+    d, embedder = await deploy_with_embedder({"sim-small": SimConfig(output_tokens=20)}, EMBED_DIMS)
     yield d
-    await d.channel.close()
-    await d.gateway.stop(0)
-    for s in (*d.sidecars, embedder):
-        await s.stop(0)
-
-
-@pytest.fixture
-async def client(shim: Shim) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=shim.base_url + "/v1", api_key="sk-test", max_retries=0
-    ) as c:
-        yield c
-
-
-@pytest.fixture
-async def http(shim: Shim) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as c:
-        yield c
+    await d.stop(embedder)
 
 
 def sync_client(shim: Shim) -> openai.OpenAI:

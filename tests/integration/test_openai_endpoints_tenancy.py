@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -13,8 +12,7 @@ import httpx
 import openai
 import pytest
 
-from backends.engines.sim import SimConfig, SimEngine
-from backends.server import RunningSidecar, start_sidecar
+from backends.engines.sim import SimConfig
 from common.grpcutil.status import parse_status
 from gateway.tenancy.runtime import TenancyOptions
 from llmgw.v1 import (
@@ -25,49 +23,24 @@ from llmgw.v1 import (
     embeddings_pb2,
     embeddings_pb2_grpc,
 )
-from tests.conftest import Deployment, Shim, deploy, start_shim
+from tests.conftest import deploy_with_embedder
+from tests.shim_stack import ShimStack, shim_in_front
 from tests.tenancy_helpers import bearer, tenant, write_tenants
 
 
-@dataclass
-class Stack:
-    d: Deployment
-    shim: Shim
-    keys: dict[str, str]
-
-    def client(self, key: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.shim.base_url + "/v1", api_key=key, max_retries=0)
-
-
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path) -> AsyncIterator[ShimStack]:
     """sim-small (alias small) and sim-embed (alias embed); tenant acme may use only small."""
     path = tmp_path / "tenants.yaml"
     keys = write_tenants(path, [tenant("acme", models=["sim-small"]), tenant("beta")])
-    embedder: RunningSidecar = await start_sidecar(SimEngine(SimConfig(embedding_dimensions=8)))
-    d = await deploy(
-        {"sim-small": SimConfig(output_tokens=12)},
-        extra=[
-            {
-                "name": "sim-embed",
-                "aliases": ["embed"],
-                "kind": "embedding",
-                "endpoints": [f"127.0.0.1:{embedder.port}"],
-            }
-        ],
-        tenancy=TenancyOptions(tenants_file=path),
+    d, embedder = await deploy_with_embedder(
+        {"sim-small": SimConfig(output_tokens=12)}, 8, TenancyOptions(tenants_file=path)
     )
-    shim, task = await start_shim(d.address)
-    yield Stack(d, shim, keys)
-    shim.server.should_exit = True
-    await task
-    await d.channel.close()
-    await d.gateway.stop(0)
-    for s in (*d.sidecars, embedder):
-        await s.stop(0)
+    async with shim_in_front(d, keys, embedder) as stack:
+        yield stack
 
 
-async def test_a_wrong_key_is_401_everywhere(stack: Stack) -> None:
+async def test_a_wrong_key_is_401_everywhere(stack: ShimStack) -> None:
     async with stack.client("llmgw_000000000000_wrongwrongwrongwrong") as client:
         for call in (
             client.completions.create(model="small", prompt="hi"),
@@ -108,7 +81,7 @@ async def test_a_wrong_key_is_401_everywhere(stack: Stack) -> None:
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_models_outside_the_tenant_are_refused_and_hidden(stack: Stack) -> None:
+async def test_models_outside_the_tenant_are_refused_and_hidden(stack: ShimStack) -> None:
     async with stack.client(stack.keys["acme"]) as client:
         with pytest.raises(openai.PermissionDeniedError) as denied:
             await client.embeddings.create(model="embed", input="hi")
@@ -131,7 +104,7 @@ async def test_models_outside_the_tenant_are_refused_and_hidden(stack: Stack) ->
     assert parse_status(caught.value).reason == "model_not_found"
 
 
-async def test_completions_and_embeddings_carry_limits_and_are_metered(stack: Stack) -> None:
+async def test_completions_and_embeddings_carry_limits_and_are_metered(stack: ShimStack) -> None:
     async with stack.client(stack.keys["beta"]) as client:
         raw = await client.completions.with_raw_response.create(
             model="small", prompt="alpha beta gamma", max_tokens=3

@@ -13,21 +13,6 @@ import pytest
 from backends.engines.sim import FailureMode, SimConfig
 from tests.conftest import ANY_KEY, Deployment, Shim, deploy, start_shim, wait_until
 
-
-@pytest.fixture
-async def client(shim: Shim) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=shim.base_url + "/v1", api_key="sk-test", max_retries=0
-    ) as c:
-        yield c
-
-
-@pytest.fixture
-async def http(shim: Shim) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as c:
-        yield c
-
-
 HELLO = [{"role": "user", "content": "hello gateway world"}]
 
 

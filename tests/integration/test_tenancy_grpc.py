@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from backends.engines.sim import FailureMode, SimConfig
 from gateway.tenancy.runtime import Tenancy, TenancyOptions
@@ -18,23 +17,8 @@ from llmgw.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import usage_pb2, usage_pb2_grpc
 from tests.conftest import Deployment, deploy, params, wait_until
+from tests.grpc_details import rpc_details
 from tests.tenancy_helpers import bearer, tenant, write_tenants
-
-
-def rpc_details(error: grpc.aio.AioRpcError) -> dict[str, object]:
-    raw = dict(error.trailing_metadata() or ())["grpc-status-details-bin"]
-    out: dict[str, object] = {}
-    for packed in status_pb2.Status.FromString(raw).details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.RetryInfo,
-        ):
-            if packed.Is(kind.DESCRIPTOR):
-                message = kind()
-                packed.Unpack(message)
-                out[kind.__name__] = message
-    return out
 
 
 @dataclass

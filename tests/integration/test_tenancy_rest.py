@@ -5,7 +5,6 @@ every completion, Retry-After, /v1/models filtered, GET /v1/usage."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,8 @@ import pytest
 
 from backends.engines.sim import SimConfig
 from gateway.tenancy.runtime import TenancyOptions
-from tests.conftest import Deployment, Shim, deploy, start_shim
+from tests.conftest import deploy
+from tests.shim_stack import ShimStack, shim_in_front
 from tests.tenancy_helpers import tenant, write_tenants
 
 HELLO = [{"role": "user", "content": "hello gateway world"}]
@@ -28,18 +28,8 @@ LIMIT_HEADERS = (
 )
 
 
-@dataclass
-class Stack:
-    d: Deployment
-    shim: Shim
-    keys: dict[str, str]
-
-    def client(self, key: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.shim.base_url + "/v1", api_key=key, max_retries=0)
-
-
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path) -> AsyncIterator[ShimStack]:
     path = tmp_path / "tenants.yaml"
     keys = write_tenants(
         path,
@@ -56,17 +46,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         {"sim-small": SimConfig(output_tokens=12), "sim-large": SimConfig(output_tokens=20)},
         tenancy=TenancyOptions(tenants_file=path),
     )
-    shim, task = await start_shim(d.address)
-    yield Stack(d, shim, keys)
-    shim.server.should_exit = True
-    await task
-    await d.channel.close()
-    await d.gateway.stop(0)
-    for s in d.sidecars:
-        await s.stop(0)
+    async with shim_in_front(d, keys) as stack:
+        yield stack
 
 
-async def test_missing_or_wrong_key_is_401_invalid_api_key(stack: Stack) -> None:
+async def test_missing_or_wrong_key_is_401_invalid_api_key(stack: ShimStack) -> None:
     async with stack.client("llmgw_000000000000_wrongwrongwrongwrong") as client:
         with pytest.raises(openai.AuthenticationError) as caught:
             await client.chat.completions.create(model="small", messages=HELLO)  # type: ignore[arg-type]
@@ -80,7 +64,7 @@ async def test_missing_or_wrong_key_is_401_invalid_api_key(stack: Stack) -> None
     assert answer.json()["error"]["type"] == "authentication_error"
 
 
-async def test_a_model_outside_the_tenant_is_403_and_unlisted(stack: Stack) -> None:
+async def test_a_model_outside_the_tenant_is_403_and_unlisted(stack: ShimStack) -> None:
     async with stack.client(stack.keys["acme"]) as client:
         with pytest.raises(openai.PermissionDeniedError) as caught:
             await client.chat.completions.create(model="sim-large", messages=HELLO)  # type: ignore[arg-type]
@@ -90,7 +74,7 @@ async def test_a_model_outside_the_tenant_is_403_and_unlisted(stack: Stack) -> N
         assert reply.usage is not None and reply.usage.completion_tokens == 3
 
 
-async def test_every_completion_carries_rate_limit_headers(stack: Stack) -> None:
+async def test_every_completion_carries_rate_limit_headers(stack: ShimStack) -> None:
     async with stack.client(stack.keys["steady"]) as client:
         raw = await client.chat.completions.with_raw_response.create(
             model="small",
@@ -113,7 +97,7 @@ async def test_every_completion_carries_rate_limit_headers(stack: Stack) -> None
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
-async def test_over_the_limit_is_429_rate_limit_exceeded_with_retry_after(stack: Stack) -> None:
+async def test_over_the_limit_is_429_rate_limit_exceeded_with_retry_after(stack: ShimStack) -> None:
     async with stack.client(stack.keys["tight"]) as client:
         for _ in range(2):  # the burst of two requests
             await client.chat.completions.create(model="small", messages=HELLO, max_tokens=1)  # type: ignore[arg-type]
@@ -131,7 +115,7 @@ async def test_over_the_limit_is_429_rate_limit_exceeded_with_retry_after(stack:
     assert headers["x-ratelimit-limit-requests"] == "60"
 
 
-async def test_get_usage_shows_the_tenant_its_own_and_the_admin_all(stack: Stack) -> None:
+async def test_get_usage_shows_the_tenant_its_own_and_the_admin_all(stack: ShimStack) -> None:
     async with stack.client(stack.keys["beta"]) as client:
         await client.chat.completions.create(model="small", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
     async with stack.client(stack.keys["acme"]) as client:
