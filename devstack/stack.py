@@ -257,7 +257,7 @@ class Stack:
         while pending:
             self._check_alive()
             for name, target in list(pending.items()):
-                if _is_ready(target):
+                if is_ready(target):
                     del pending[name]
                     if progress:
                         print(f"  ready: {name} ({time.monotonic() - start:.0f}s)", flush=True)
@@ -316,7 +316,8 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)
 
 
-def _is_ready(target: str) -> bool:
+def is_ready(target: str) -> bool:
+    """An http(s) URL answers 200, or a gRPC ``host:port`` answers its health check SERVING."""
     if target.startswith("http"):
         try:
             with urllib.request.urlopen(target, timeout=1) as answer:

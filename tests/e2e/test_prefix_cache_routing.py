@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from devstack.stack import Stack, StackPlan
+from devstack.stack import Stack, StackPlan, is_ready
 from devstack.vllm import CACHE, DEFAULT_COMPILE_CACHE, RESILIENCE, ROOT, VllmModel
 from llmgw.v1 import chat_pb2 as pb
 from llmgw.v1 import chat_pb2_grpc as pb_grpc
@@ -40,6 +40,8 @@ MODEL_DIR = "smollm2-135m-instruct"
 CONVERSATIONS = 6
 TURNS = 4
 _COUNTER = re.compile(r"^vllm:(?:gpu_)?prefix_cache_(hits|queries)(?:_total)?(?:\{[^}]*\})? (\S+)$")
+_HEALTHY = re.compile(r"^llmgw_backend_healthy\{([^}]*)\} (\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 class ReplicaPlan(StackPlan):
@@ -87,6 +89,8 @@ def replica_plan() -> ReplicaPlan:
         models=models,
         grpc_port=free_port(),
         rest_port=free_port(),
+        # Read by wait_routable: which endpoints the gateway has admitted.
+        gateway_metrics_port=free_port(),
         extra_env={"LLMGW_SHIM_REQUIRE_API_KEY": "false"},
     )
 
@@ -105,6 +109,45 @@ def prefix_counters(plan: StackPlan) -> tuple[float, float]:
                 else:
                     queries += float(found.group(2))
     return hits, queries
+
+
+def healthy_endpoints(metrics_port: int) -> set[str]:
+    """The smollm2 endpoints a gateway's /metrics reports as passing its health checks."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return set()  # not listening yet
+    healthy = set()
+    for line in text.splitlines():
+        found = _HEALTHY.match(line)
+        if found and float(found.group(2)) == 1:
+            labels = dict(_LABEL.findall(found.group(1)))
+            if labels.get("model") == "smollm2":
+                healthy.add(labels.get("endpoint", ""))
+    return healthy
+
+
+def wait_routable(
+    plan: StackPlan, address: str, metrics_port: int, alive: Callable[[], str | None]
+) -> None:
+    """Until the gateway at ``address`` is SERVING and routes smollm2 to both replicas.
+
+    A gateway health-checks its sidecars: one that started while vLLM was still
+    loading saw them fail and readmits them only after a few good checks, so a
+    workload begun earlier would find one replica, or none. ``alive`` returns
+    why the gateway can no longer come up (it exited), else None.
+    """
+    endpoints = {f"{plan.host}:{m.port}" for m in plan.models}
+    deadline = time.monotonic() + 120
+    while not (is_ready(address) and endpoints <= healthy_endpoints(metrics_port)):
+        if (gone := alive()) is not None:
+            pytest.fail(f"the gateway at {address} exited: {gone}")
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"the gateway at {address} did not route to {sorted(endpoints)} within 120 s "
+                f"(healthy: {sorted(healthy_endpoints(metrics_port))})"
+            )
+        time.sleep(0.5)
 
 
 def system_prompt(phase: str, i: int) -> str:
@@ -177,16 +220,36 @@ def replicas(smollm2_installed: None, tmp_path: Path) -> Iterator[tuple[Stack, s
     stack = Stack(plan)
     config = tmp_path / "affinity.yaml"
     config.write_text(yaml.safe_dump(routing(plan, "prefix_affinity")))
-    affinity_port = free_port()
-    gateway = None
+    affinity = f"127.0.0.1:{free_port()}"
+    affinity_metrics = free_port()
+    log_path = tmp_path / "affinity-gateway.log"
+    gateway: subprocess.Popen[bytes] | None = None
+
+    def affinity_alive() -> str | None:
+        assert gateway is not None
+        if gateway.poll() is None:
+            return None
+        return f"code {gateway.returncode}:\n{log_path.read_text(errors='replace')[-2000:]}"
+
+    def stack_alive() -> str | None:
+        gone = [
+            f"{name} (code {p.returncode})" for name, p in stack.processes if p.poll() is not None
+        ]
+        return ", ".join(gone) or None
+
     try:
         stack.start()
         stack.wait_ready(timeout_s=900, still_waiting_every_s=0)
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(config), "--listen",
-             f"127.0.0.1:{affinity_port}", "--metrics-listen", ""],
-        )  # fmt: skip
-        yield stack, f"127.0.0.1:{affinity_port}"
+        assert plan.gateway_metrics_port is not None
+        wait_routable(plan, f"127.0.0.1:{plan.grpc_port}", plan.gateway_metrics_port, stack_alive)
+        with log_path.open("wb") as log:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "--config", str(config), "--listen", affinity,
+                 "--metrics-listen", f"127.0.0.1:{affinity_metrics}"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_routable(plan, affinity, affinity_metrics, affinity_alive)
+        yield stack, affinity
     finally:
         if gateway is not None:
             gateway.send_signal(signal.SIGTERM)
