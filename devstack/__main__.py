@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     def _stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
+    # Ctrl-C and SIGTERM alike, installed explicitly: a process started from a
+    # script in the background inherits SIGINT ignored, and Python then leaves it so.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     print("starting llmgw (sim engine)...", flush=True)
     try:
         stack.start()

@@ -281,7 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     def _stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
+    # Ctrl-C and SIGTERM alike, installed explicitly: a process started from a
+    # script in the background inherits SIGINT ignored, and Python then leaves it so.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     print(
         f"starting llmgw on vLLM (CPU): {', '.join(m.name for m in plan.models)}; "
         "the first start compiles for a few minutes, later ones reuse the cache...",

@@ -18,6 +18,10 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.slow
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_run_command_serves_both_models_and_stops_cleanly() -> None:
     rest, grpc_port, small, large, embed = (free_port() for _ in range(5))
     metrics = [free_port() for _ in range(5)]  # gateway, shim, small, large, embed
@@ -40,6 +44,9 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As when `make run &` is started from a script: a background job inherits
+        # SIGINT ignored. Ctrl-C (SIGINT) must stop it all the same.
+        preexec_fn=_ignore_sigint,
     )
     banner = []
     try:
@@ -106,7 +113,12 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
         assert httpx.get(f"http://127.0.0.1:{rest}/metrics").status_code == 404
     finally:
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=20)
+        try:
+            out, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # SIGTERM: its parts stop too, so none outlives the test
+            out, _ = process.communicate(timeout=20)
+            pytest.fail(f"Ctrl-C (SIGINT) did not stop `make run` within 20 s:\n{out}")
     assert process.returncode == 0, out
     assert "stopping" in out
     # Every child is gone: nothing listens on the ports any more.
