@@ -112,10 +112,11 @@ AGAINST ?= .git\#branch=main
 breaking: $(STAMP)
 	$(BIN)/buf breaking --against '$(AGAINST)'
 
-## bench: sidecar direct vs gateway vs shim, at 1/10/100 streams, then bench-routing (BENCH_ARGS=--quick)
+## bench: sidecar direct vs gateway vs shim (sim and vllm engines) at 1/10/100 streams, then bench-routing and bench-workers (BENCH_ARGS=--quick)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.multiturn $(filter --quick,$(BENCH_ARGS))
+	$(BIN)/python -m bench.workers_scaling $(patsubst --quick,--duration 5,$(filter --quick,$(BENCH_ARGS)))
 
 ## bench-routing: multi-turn conversations over 4 sim replicas; TTFT and prefix-cache hits per lb_policy
 bench-routing: $(STAMP)
