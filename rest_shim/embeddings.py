@@ -12,14 +12,13 @@ from array import array
 from collections.abc import Sequence
 from typing import Literal
 
-import grpc
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from llmgw.v1 import embeddings_pb2 as pb
-from rest_shim.asgi_responses import routing_headers
-from rest_shim.errors import from_grpc_error, invalid_request
+from rest_shim.asgi_responses import UnaryResponse
+from rest_shim.errors import invalid_request
 from rest_shim.http import forwarded_metadata, read_body
 from rest_shim.parsing import INT32, Strict, clamp_int32, parse_json_object, validate
 from rest_shim.request_limits import RequestLimits
@@ -122,24 +121,16 @@ def embedding_json(response: pb.CreateEmbeddingResponse, encoding: str) -> bytes
 
 @router.post("/v1/embeddings")
 async def create_embedding(request: Request) -> Response:
-    """One vector per input."""
+    """One vector per input; the call is cancelled if the client leaves first."""
     settings = request.app.state.settings
     raw = await read_body(request, settings.max_body_bytes)
     state = request.app.state
     body, embedding_request = await state.decoder.run(decode_embedding, raw, state.limits)
-    call = request.app.state.gateway.embeddings.CreateEmbedding(
-        embedding_request,
-        metadata=forwarded_metadata(request),
-        timeout=settings.request_timeout_s,
-    )
-    try:
-        response: pb.CreateEmbeddingResponse = await call
-        routing = routing_headers(await call.initial_metadata())
-    except grpc.aio.AioRpcError as error:
-        raise from_grpc_error(error) from None
-    headers = {k.decode(): v.decode() for k, v in routing}
-    return Response(
-        embedding_json(response, body.encoding_format),
-        media_type="application/json",
-        headers=headers,
+    stub = request.app.state.gateway.embeddings
+    metadata = forwarded_metadata(request)
+    timeout = settings.request_timeout_s
+    encoding = body.encoding_format
+    return UnaryResponse(
+        lambda: stub.CreateEmbedding(embedding_request, metadata=metadata, timeout=timeout),
+        lambda response: embedding_json(response, encoding),
     )

@@ -14,7 +14,8 @@ import openai
 import orjson
 import pytest
 
-from backends.engines.sim import SimConfig, embed_text
+from backends.engines.sim import SimConfig, SimEngine, embed_text
+from backends.server import start_sidecar
 from common.grpcutil.status import parse_status
 from llmgw.v1 import (
     chat_pb2,
@@ -25,7 +26,15 @@ from llmgw.v1 import (
     embeddings_pb2_grpc,
 )
 from tests.compat.openapi import assert_valid, assert_valid_against, completion_chunk_schema
-from tests.conftest import Deployment, Shim, deploy_with_embedder
+from tests.conftest import (
+    ANY_KEY,
+    Deployment,
+    Shim,
+    deploy,
+    deploy_with_embedder,
+    start_shim,
+    wait_until,
+)
 
 PROMPT = "alpha beta gamma delta"
 EMBED_DIMS = 48
@@ -424,3 +433,45 @@ async def test_grpc_embeddings(deployment: Deployment) -> None:
     parsed = parse_status(caught.value)
     assert parsed.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {v.field for v in parsed.field_violations} == {"input"}
+
+
+async def test_leaving_an_embeddings_call_stops_the_engine() -> None:
+    """A REST client that disconnects (and a gRPC client that cancels) mid-embedding
+    ends the backend's work, as for chat and completions."""
+    engine = SimEngine(SimConfig(embedding_dimensions=8, ttft_ms=120_000))  # never answers in time
+    embedder = await start_sidecar(engine)
+    d = await deploy(
+        {"sim-small": SimConfig()},
+        extra=[
+            {
+                "name": "sim-embed",
+                "aliases": ["embed"],
+                "kind": "embedding",
+                "endpoints": [f"127.0.0.1:{embedder.port}"],
+            }
+        ],
+    )
+    shim, task = await start_shim(d.address)
+    try:
+        async with httpx.AsyncClient(base_url=shim.base_url, headers=ANY_KEY) as http:
+            body = {"model": "embed", "input": "hello"}
+            pending = asyncio.create_task(http.post("/v1/embeddings", json=body))
+            await wait_until(lambda: engine.active == 1)
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+        await wait_until(lambda: engine.active == 0, timeout=10)
+
+        stub = embeddings_pb2_grpc.EmbeddingServiceStub(d.channel)
+        call = stub.CreateEmbedding(
+            embeddings_pb2.CreateEmbeddingRequest(
+                model="embed", inputs=[embeddings_pb2.EmbeddingInput(text="hi")]
+            )
+        )
+        await wait_until(lambda: engine.active == 1)
+        call.cancel()
+        await wait_until(lambda: engine.active == 0, timeout=10)
+    finally:
+        shim.server.should_exit = True
+        await task
+        await d.stop(embedder)
