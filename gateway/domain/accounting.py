@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.domain.chat import ChatRequest
+from gateway.domain.chat import ChatRequest, FanOut
 from gateway.domain.embedding import EmbeddingRequest
 from gateway.limits.limiter import Reservation
 from gateway.limits.ports import Decision
@@ -37,9 +37,11 @@ def estimate_prompt_tokens(message_chars: Iterable[int]) -> int:
     return sum(estimate_tokens(c) + TOKENS_PER_MESSAGE for c in message_chars) + 3
 
 
-def estimate_request_prompt(request: ChatRequest | EmbeddingRequest) -> int:
-    """Prompt tokens of a request: its messages, its raw prompt, or its embedding
-    inputs (a token id is a token)."""
+def estimate_request_prompt(request: ChatRequest | EmbeddingRequest | FanOut) -> int:
+    """Prompt tokens of a request: its messages, its raw prompt, its embedding
+    inputs (a token id is a token), or each prompt of a fan-out once."""
+    if isinstance(request, FanOut):
+        return sum(estimate_request_prompt(r) for r in request.prompts)
     if isinstance(request, EmbeddingRequest):
         return sum(
             estimate_tokens(len(i)) if isinstance(i, str) else len(i) for i in request.inputs
@@ -93,3 +95,52 @@ class Spent:
     started_at: float  # unix seconds
     duration_s: float
     ttft_s: float | None
+
+
+def spent_by_choices(
+    request_id: str,
+    model: str,
+    choices: Sequence[Spent | None],
+    n: int,
+    started_at: float,
+    duration_s: float,
+) -> Spent:
+    """What a fanned-out request used, as one request: every choice's completion
+    tokens and each prompt's tokens once, as OpenAI counts them (choice ``i``
+    continues prompt ``i // n``); exact only when every choice finished.
+
+    ``choices`` holds None for a choice that never started. The request failed
+    when a choice failed (or was refused as invalid after another was served),
+    was cancelled when a choice was, and is rejected (returned whole, not
+    metered) when a choice was refused as invalid and none was served. It was
+    served by the first choice that reached a backend (``model`` when none did).
+    """
+    ran = [c for c in choices if c is not None]
+    served = [c for c in ran if c.backend]
+    statuses = {c.status for c in ran}
+    if Status.ERROR in statuses or (Status.REJECTED in statuses and served):
+        status = Status.ERROR
+    elif Status.REJECTED in statuses:
+        status = Status.REJECTED
+    elif Status.CANCELLED in statuses or len(ran) < len(choices):
+        status = Status.CANCELLED
+    else:
+        status = Status.OK
+    prompt_tokens = 0
+    for first in range(0, len(choices), n):
+        group = [c for c in choices[first : first + n] if c is not None]
+        if group:  # the backend's count when a choice of this prompt finished
+            prompt_tokens += ([c for c in group if c.exact] or group)[0].prompt_tokens
+    lead = served[0] if served else None
+    return Spent(
+        request_id=request_id,
+        status=status,
+        model=lead.model if lead else model,
+        backend=lead.backend if lead else "",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=sum(c.completion_tokens for c in ran),
+        exact=len(ran) == len(choices) and all(c.exact for c in ran),
+        started_at=started_at,
+        duration_s=duration_s,
+        ttft_s=min((c.ttft_s for c in ran if c.ttft_s is not None), default=None),
+    )

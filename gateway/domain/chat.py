@@ -168,6 +168,22 @@ class ChatRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class FanOut:
+    """One client request served as one generation per choice: a legacy
+    completions call with several prompts or ``n``. It is admitted, rate-limited
+    and metered as one request; ``requests`` are prompt-major (choice ``i``
+    continues prompt ``i // n``)."""
+
+    requests: Sequence[ChatRequest]
+    n: int = 1
+
+    @property
+    def prompts(self) -> Sequence[ChatRequest]:
+        """One choice of each prompt."""
+        return self.requests[:: self.n]
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
     """A validated request bound to a model: what a backend is asked to do."""
 

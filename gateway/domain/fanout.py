@@ -2,7 +2,8 @@
 
 A completions request with several prompts or ``n`` choices is served as one
 generation per choice through the same pipeline (routing, retries,
-fallbacks, accounting); this merges their streams in arrival order.
+fallbacks), under one admission settled once (``ChatCompletionService.stream_all``);
+this merges their streams in arrival order.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 from gateway.domain.accounting import Grant, Spent
-from gateway.domain.chat import ChatRequest, Generation, StreamEvent
+from gateway.domain.chat import ChatRequest, FanOut, Generation, StreamEvent
 from gateway.domain.embedding import EmbeddingJob, EmbeddingRequest
 from gateway.routing.registry import ModelRoute
 from gateway.tenancy.directory import Principal
@@ -34,9 +34,13 @@ class AdmissionPort(Protocol):
     """
 
     async def admit(
-        self, caller: Principal | None, route: ModelRoute, request: ChatRequest | EmbeddingRequest
+        self,
+        caller: Principal | None,
+        route: ModelRoute,
+        request: ChatRequest | EmbeddingRequest | FanOut,
     ) -> Grant:
-        """Authorise ``caller`` for ``route`` and reserve what ``request`` may use."""
+        """Authorise ``caller`` for ``route`` and reserve what ``request`` may use:
+        a fan-out is one request whose reservation covers every choice."""
         ...
 
     def settle(self, grant: Grant, spent: Spent) -> None:

@@ -3,19 +3,23 @@ embeddings: validate, resolve the model, admit the caller (permissions,
 limits: the admission port), route to an endpoint (queueing fairly when the
 pool is full), retry on another endpoint or fall back to another model while
 nothing has reached the client, then stream and settle what was used. A
-stream either ends with a Finished event or raises: never a silent
-truncation. No transport code here."""
+completions call with several choices is several generations under one
+admission, settled once (``admit_all``, ``stream_all``). A stream either
+ends with a Finished event or raises: never a silent truncation. No
+transport code here."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 
 from opentelemetry import trace
@@ -27,18 +31,21 @@ from gateway.domain.accounting import (
     Status,
     estimate_request_prompt,
     estimate_tokens,
+    spent_by_choices,
 )
 from gateway.domain.assemble import AssembledChoice, ChoiceAssembler
 from gateway.domain.chat import (
     ChatRequest,
     ChoiceDelta,
     Delta,
+    FanOut,
     Finished,
     Generation,
     Routed,
     StreamEvent,
 )
 from gateway.domain.embedding import EmbeddingJob, EmbeddingRequest
+from gateway.domain.fanout import merged
 from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
 from gateway.domain.ports import AdmissionPort, BackendPort
 from gateway.domain.resilience import ResiliencePolicy
@@ -116,6 +123,16 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
+class Choices:
+    """An admitted fan-out: one Completion per choice (its own generation and
+    id; choice ``i`` continues prompt ``i // n``), all under one grant, which
+    ``stream_all`` settles once. The client sees the first choice's id."""
+
+    completions: Sequence[Completion]
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
 class CompletedText:
     """A whole (non-streamed) completion."""
 
@@ -182,6 +199,7 @@ class ChatCompletionService:
         # Drain: streams in progress, admissions in progress, and whether new ones are refused.
         self._live: set[_Live] = set()
         self._admitting = 0
+        self._fanouts = 0
         self._closing = False
         self._cut_all = False
         self._idle: asyncio.Event | None = None
@@ -230,8 +248,26 @@ class ChatCompletionService:
         The returned completion holds a reservation when admission is on:
         ``stream`` (or ``complete``) settles it, so call one of them next.
         """
+        self._check_open()
+        completion = self._bind(request)
+        return _granted(completion, await self._grant(caller, completion.route, request))
+
+    async def admit_all(self, fanout: FanOut, caller: Principal | None = None) -> Choices:
+        """Validate every choice of ``fanout`` (one model) and admit them as one
+        request: one grant (one request of the rate limit, one concurrency slot,
+        tokens for every choice) shared by all. ``stream_all`` settles it, so
+        call it next."""
+        self._check_open()
+        bound = [self._bind(request) for request in fanout.requests]
+        grant = await self._grant(caller, bound[0].route, fanout)
+        return Choices([_granted(c, grant) for c in bound], fanout.n)
+
+    def _check_open(self) -> None:
         if self._closing:
             raise ShuttingDown("The gateway is shutting down. Please retry.", retry_after_s=1.0)
+
+    def _bind(self, request: ChatRequest | EmbeddingRequest) -> Completion:
+        """Validate ``request``, resolve its model and bind it: a completion not yet admitted."""
         generation: Work
         unique = self._new_id().removeprefix(_CHAT_PREFIX)
         if isinstance(request, EmbeddingRequest):
@@ -248,14 +284,6 @@ class ChatCompletionService:
             prefix = _CHAT_PREFIX if request.prompt is None else _PROMPT_PREFIX
             completion_id = prefix + unique
             generation = bind(request, completion_id, route.engine_model, max_tokens)
-        grant = None
-        if self._admission is not None:
-            self._admitting += 1
-            try:
-                grant = await self._admission.admit(caller, route, request)
-            finally:
-                self._admitting -= 1
-                self._notify_idle()
         return Completion(
             id=completion_id,
             model=route.name,
@@ -263,51 +291,32 @@ class ChatCompletionService:
             route=route,
             generation=generation,
             request=request,
-            tenant=grant.tenant if grant else "",
-            priority=grant.priority if grant else 0,
-            allowed=grant.allowed if grant else None,
-            grant=grant,
         )
 
-    async def admit_all(
-        self, requests: Sequence[ChatRequest], caller: Principal | None = None
-    ) -> list[Completion]:
-        """Admit every request or none (the choices of one completions call): when one
-        is refused, the reservations already taken are returned and the refusal raised."""
-        admitted: list[Completion] = []
+    async def _grant(
+        self,
+        caller: Principal | None,
+        route: ModelRoute,
+        request: ChatRequest | EmbeddingRequest | FanOut,
+    ) -> Grant | None:
+        """Ask the admission port (when there is one); counted in flight meanwhile."""
+        if self._admission is None:
+            return None
+        self._admitting += 1
         try:
-            for request in requests:
-                admitted.append(await self.admit(request, caller))
-        except BaseException:
-            for completion in admitted:
-                self.release(completion)
-            raise
-        return admitted
+            return await self._admission.admit(caller, route, request)
+        finally:
+            self._admitting -= 1
+            self._notify_idle()
 
-    def release(self, completion: Completion) -> None:
-        """Return the reservation of a completion that will not be streamed."""
-        if completion.grant is None or self._admission is None:
-            return
-        self._admission.settle(
-            completion.grant,
-            Spent(
-                request_id=completion.id,
-                status=Status.REJECTED,
-                model=completion.model,
-                backend="",
-                prompt_tokens=0,
-                completion_tokens=0,
-                exact=False,
-                started_at=self._clock(),
-                duration_s=0.0,
-                ttft_s=None,
-            ),
-        )
+    def _settle(self, grant: Grant | None, spent: Spent) -> None:
+        if grant is not None and self._admission is not None:
+            self._admission.settle(grant, spent)
 
     @property
     def in_flight(self) -> int:
-        """Streams (and admissions) in progress."""
-        return len(self._live) + self._admitting
+        """Streams (and admissions, and fan-outs not yet settled) in progress."""
+        return len(self._live) + self._admitting + self._fanouts
 
     def close_admissions(self) -> None:
         """Refuse new requests from now on (ShuttingDown: UNAVAILABLE, retry elsewhere)."""
@@ -343,7 +352,7 @@ class ChatCompletionService:
         if self._idle is not None and not self.in_flight:
             self._idle.set()
 
-    async def stream(
+    def stream(
         self, completion: Completion, on_stall: Callable[[], None] | None = None
     ) -> AsyncGenerator[Output, None]:
         """Yield one Routed, then text deltas, then exactly one Finished
@@ -358,6 +367,44 @@ class ChatCompletionService:
         reading): the backend call is already closed then, and the transport
         ends the call with an error.
         """
+        return self._stream(completion, on_stall, partial(self._settle, completion.grant))
+
+    async def stream_all(
+        self, choices: Choices, on_stall: Callable[[], None] | None = None
+    ) -> AsyncGenerator[tuple[int, Output], None]:
+        """Stream every choice of a fan-out, merged: ``(choice index, event)`` as
+        events arrive, each choice's as ``stream`` yields them. The first choice
+        to fail ends the others and its error is raised. However it ends, the
+        shared grant is settled once, when every choice has ended, with what
+        they used together (``spent_by_choices``)."""
+        began, started_at = self._monotonic(), self._clock()
+        spent: list[Spent | None] = [None] * len(choices.completions)
+        self._fanouts += 1  # in flight until settled: a drain waits for the settlement
+        try:
+            streams = [
+                self._stream(c, on_stall, _into(spent, i))
+                for i, c in enumerate(choices.completions)
+            ]
+            async with aclosing(merged(streams)) as events:
+                async for item in events:
+                    yield item
+        finally:
+            # Every choice has ended here: merged() closed and awaited them all.
+            first = choices.completions[0]
+            total = spent_by_choices(
+                first.id, first.model, spent, choices.n, started_at, self._monotonic() - began
+            )
+            self._settle(first.grant, total)
+            self._fanouts -= 1
+            self._notify_idle()
+
+    async def _stream(
+        self,
+        completion: Completion,
+        on_stall: Callable[[], None] | None,
+        settle: Callable[[Spent], None],
+    ) -> AsyncGenerator[Output, None]:
+        """``stream``, handing what was used to ``settle`` (exactly once)."""
         observer = self._observer
         began = self._monotonic()
         started_at = self._clock()
@@ -428,22 +475,20 @@ class ChatCompletionService:
                     client_request_id=completion.client_request_id,
                 )
             )
-            if completion.grant is not None and self._admission is not None:
-                self._admission.settle(
-                    completion.grant,
-                    Spent(
-                        request_id=completion.id,
-                        status=status,
-                        model=routed.model if routed else completion.model,
-                        backend=routed.backend if routed else "",
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        exact=usage is not None,
-                        started_at=started_at,
-                        duration_s=duration,
-                        ttft_s=ttft,
-                    ),
+            settle(
+                Spent(
+                    request_id=completion.id,
+                    status=status,
+                    model=routed.model if routed else completion.model,
+                    backend=routed.backend if routed else "",
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    exact=usage is not None,
+                    started_at=started_at,
+                    duration_s=duration,
+                    ttft_s=ttft,
                 )
+            )
             self._live.discard(live)
             self._notify_idle()
 
@@ -675,6 +720,24 @@ class ChatCompletionService:
                     choices = assembler.finish(event)
                     return CompletedText(completion, routed, choices[0].content, event, choices)
         raise BackendFailed("the backend ended the stream before the completion finished")
+
+
+def _granted(completion: Completion, grant: Grant | None) -> Completion:
+    """``completion`` admitted under ``grant`` (None: admission is off)."""
+    if grant is None:
+        return completion
+    return dataclasses.replace(
+        completion, tenant=grant.tenant, priority=grant.priority, allowed=grant.allowed, grant=grant
+    )
+
+
+def _into(spent: list[Spent | None], index: int) -> Callable[[Spent], None]:
+    """Where choice ``index`` of a fan-out reports what it used."""
+
+    def put(choice: Spent) -> None:
+        spent[index] = choice
+
+    return put
 
 
 def _chars(delta: ChoiceDelta) -> int:

@@ -5,7 +5,9 @@ interceptor).
 
 Reserve before dispatch: one request plus (estimated prompt tokens +
 max_tokens, or a configured default when the client gives none) from the
-token bucket, and a concurrency lease. Reconcile when the request ends,
+token bucket, and a concurrency lease. A request with several choices (chat's
+``n``, a completions fan-out) is still one request and one lease; its tokens
+cover every choice. Reconcile when the request ends,
 however it ends, with what the service reports it used: the backend's exact
 usage when the stream finished, otherwise what was sent.
 """
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from gateway.domain.accounting import Grant, Spent, Status, estimate_request_prompt
-from gateway.domain.chat import ChatRequest
+from gateway.domain.chat import ChatRequest, FanOut
 from gateway.domain.embedding import EmbeddingRequest
 from gateway.errors import PermissionDenied, QuotaViolation, RateLimited
 from gateway.limits.limiter import Limiter
@@ -53,7 +55,7 @@ class TenantRateLimited(RateLimited):
             message = (
                 f"Request too large for {_LIMIT_NAMES[TOO_LARGE]} of tenant {tenant.name}: "
                 f"limit {limits.tokens.capacity:.0f}, requested {requested}. "
-                "Lower max_tokens or the prompt."
+                "Lower max_tokens, n or the prompt."
             )
         elif MONTHLY in decision.violations:
             first, reason = MONTHLY, "insufficient_quota"
@@ -116,7 +118,10 @@ class TenantAdmission:
         return tenant.may_use
 
     async def admit(
-        self, caller: Principal | None, route: ModelRoute, request: ChatRequest | EmbeddingRequest
+        self,
+        caller: Principal | None,
+        route: ModelRoute,
+        request: ChatRequest | EmbeddingRequest | FanOut,
     ) -> Grant:
         """Authorise and reserve; raise PermissionDenied, TenantRateLimited or
         LimiterUnavailable."""
@@ -131,9 +136,12 @@ class TenantAdmission:
                 "model_not_allowed",
             )
         prompt = estimate_request_prompt(request)
-        completion = (
-            0 if isinstance(request, EmbeddingRequest) else _completion(request, tenant, route)
-        )
+        if isinstance(request, EmbeddingRequest):
+            completion = 0
+        elif isinstance(request, FanOut):
+            completion = sum(_completion(r, tenant, route) for r in request.requests)
+        else:
+            completion = _completion(request, tenant, route)
         reservation = await self.limiter.acquire(
             tenant.name, tenant.limits, "rsv-" + secrets.token_hex(10), prompt + completion
         )
@@ -196,7 +204,8 @@ class TenantAdmission:
 
 
 def _completion(request: ChatRequest, tenant: Tenant, route: ModelRoute) -> int:
-    """Completion tokens to reserve: the request's limit, else the tenant's or model's default."""
+    """Completion tokens to reserve: the request's limit, else the tenant's or model's
+    default, for each of its ``n`` choices (one generation answers them all)."""
     completion = request.max_completion_tokens
     if completion is None:
         completion = request.max_tokens
@@ -207,4 +216,4 @@ def _completion(request: ChatRequest, tenant: Tenant, route: ModelRoute) -> int:
             or route.limits.default_max_tokens
             or route.limits.reserve_completion_tokens
         )
-    return max(1, min(completion, route.limits.max_output_tokens))
+    return max(1, min(completion, route.limits.max_output_tokens)) * request.features.n

@@ -2,8 +2,9 @@
 
 Each choice (every prompt times ``n``) is one generation through the chat
 pipeline of ``ChatCompletionService``: same validation, routing, retries,
-fallbacks, metrics and traces. Their streams are merged with the choice
-index; the prompt is echoed here, not by the engine.
+fallbacks, metrics and traces. The call is admitted, rate-limited and metered
+as one request (``admit_all``, ``stream_all``); the choices' streams arrive
+merged with their index; the prompt is echoed here, not by the engine.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from gateway.domain.chat import (
     NO_FEATURES,
     ChatRequest,
     ChoiceDelta,
+    FanOut,
     Features,
     Finished,
     Routed,
     TokenLogprob,
     Usage,
 )
-from gateway.domain.fanout import merged
-from gateway.domain.service import ChatCompletionService, Completion
+from gateway.domain.service import ChatCompletionService, Choices
 from gateway.errors import BackendFailed, GatewayError, InvalidRequest, Violation
 from gateway.transport.auth import current_caller
 from gateway.transport.convert import FINISH_REASONS, to_logprobs
@@ -57,7 +58,7 @@ DEFAULT_MAX_TOKENS = 16
 MAX_LOGPROBS = 5
 
 
-def to_prompt_requests(params: pb.CompletionParams) -> list[ChatRequest]:
+def to_fanout(params: pb.CompletionParams) -> FanOut:
     """One request per choice, prompt-major (choice i*n+j is prompt i's j-th), as OpenAI
     orders them. With a seed, choice j samples with seed+j so that choices differ."""
     problems: list[Violation] = []
@@ -94,7 +95,7 @@ def to_prompt_requests(params: pb.CompletionParams) -> list[ChatRequest]:
         unsupported = all(p.field in ("suffix", "echo") for p in problems)
         raise InvalidRequest(problems, reason="unsupported_parameter" if unsupported else None)
     seed = params.seed if params.HasField("seed") else None
-    return [
+    requests = [
         ChatRequest(
             model=params.model,
             messages=(),
@@ -116,6 +117,7 @@ def to_prompt_requests(params: pb.CompletionParams) -> list[ChatRequest]:
         for prompt in params.prompts
         for j in range(n)
     ]
+    return FanOut(requests, n)
 
 
 def prompt_usage(finishes: Sequence[Finished | None], n: int) -> chat_pb2.Usage:
@@ -135,13 +137,13 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
 
     async def _admit(
         self, params: pb.CompletionParams, context: grpc.aio.ServicerContext
-    ) -> list[Completion]:
-        # One admission per choice: each is a generation with its own reservation.
-        admitted = await self._service.admit_all(to_prompt_requests(params), current_caller())
-        completions = [with_client_request_id(c, context) for c in admitted]
+    ) -> Choices:
+        # One admission for the whole call: every choice generates under its one grant.
+        admitted = await self._service.admit_all(to_fanout(params), current_caller())
+        completions = [with_client_request_id(c, context) for c in admitted.completions]
         span = trace.get_current_span()
         annotate_admitted(span, completions[0], operation="text_completion")
-        return completions
+        return Choices(completions, admitted.n)
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
@@ -149,13 +151,13 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         """Generate every choice, then answer once."""
         params = request.params
         try:
-            completions = await self._admit(params, context)
+            admitted = await self._admit(params, context)
+            completions, n = admitted.completions, admitted.n
             texts: list[list[str]] = [[] for _ in completions]
             logprobs: list[list[TokenLogprob]] = [[] for _ in completions]
             finishes: list[Finished | None] = [None] * len(completions)
             routed: Routed | None = None
-            streams = [self._service.stream(c) for c in completions]
-            async with aclosing(merged(streams)) as events:
+            async with aclosing(self._service.stream_all(admitted)) as events:
                 async for index, event in events:
                     if type(event) is str:
                         texts[index].append(event)
@@ -171,9 +173,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
                 raise BackendFailed("The model's backend ended the stream before it finished.")
             span = trace.get_current_span()
             annotate_routed(span, routed)
-            # The last admission's rate-limit state: what is left after every choice.
-            await context.send_initial_metadata(initial_metadata(completions[-1], routed))
-            n = len(completions) // len(params.prompts)
+            await context.send_initial_metadata(initial_metadata(completions[0], routed))
             usage = prompt_usage(finishes, n)
             first = completions[0]
             choices = []
@@ -208,15 +208,13 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         Delta = pb.CompletionDelta
         params = request.params
         try:
-            completions = await self._admit(params, context)
-            n = len(completions) // len(params.prompts)
+            admitted = await self._admit(params, context)
+            completions, n = admitted.completions, admitted.n
             finishes: list[Finished | None] = [None] * len(completions)
             started = False
             span = trace.get_current_span()
-            streams = [
-                self._service.stream(c, lambda: end_stalled_call(context)) for c in completions
-            ]
-            async with aclosing(merged(streams)) as events:
+            stream = self._service.stream_all(admitted, lambda: end_stalled_call(context))
+            async with aclosing(stream) as events:
                 async for index, event in events:
                     if type(event) is str:
                         yield Response(delta=Delta(index=index, text=event))
@@ -232,9 +230,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
                         if not started:
                             started = True
                             first = completions[0]
-                            await context.send_initial_metadata(
-                                initial_metadata(completions[-1], event)
-                            )
+                            await context.send_initial_metadata(initial_metadata(first, event))
                             annotate_routed(span, event)
                             yield Response(
                                 start=chat_pb2.StreamStart(

@@ -11,8 +11,8 @@ from contextlib import aclosing
 
 import pytest
 
-from gateway.domain.accounting import Grant, Spent, Status
-from gateway.domain.chat import ChatRequest, Finished, Message, Role, Routed
+from gateway.domain.accounting import Grant, Spent, Status, spent_by_choices
+from gateway.domain.chat import ChatRequest, FanOut, Finished, Message, Role, Routed
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService, Completion, Output
 from gateway.errors import (
@@ -39,6 +39,7 @@ from gateway.testing import (
     Text,
     routes,
 )
+from tests.conftest import wait_until
 
 NO_BACKOFF = RetryPolicy(
     max_attempts=3, backoff_base_s=0.0, backoff_max_s=0.0, budget_min_per_s=100
@@ -171,11 +172,13 @@ class Accounting:
     """An AdmissionPort that admits everyone and records what is settled."""
 
     def __init__(self) -> None:
+        self.admitted: list[ChatRequest | FanOut] = []
         self.settled: list[Spent] = []
 
     async def admit(
-        self, caller: Principal | None, route: ModelRoute, request: ChatRequest
+        self, caller: Principal | None, route: ModelRoute, request: ChatRequest | FanOut
     ) -> Grant:
+        self.admitted.append(request)
         view = BucketView(10, 9, 1.0)
         decision = Decision(True, (), None, view, view)
         limits = TenantLimits(10, 10, 1)
@@ -248,3 +251,116 @@ async def test_drain_ends_a_waiting_stream_with_shutting_down_and_settles_it() -
     assert spent.status is Status.ERROR and spent.completion_tokens == 1
     with pytest.raises(ShuttingDown):  # and nothing new is admitted
         await svc.admit(request())
+
+
+def fanout(prompts: Sequence[str], n: int) -> FanOut:
+    return FanOut(
+        [ChatRequest(model="m", messages=(), prompt=p) for p in prompts for _ in range(n)], n
+    )
+
+
+async def test_a_fanout_is_admitted_once_and_settled_once_with_every_choices_usage() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Text("x", 4), Finish(prompt_tokens=9)])
+    svc, port = accounted(backend, clock)
+    request = fanout(["one", "two"], n=2)
+    choices = await svc.admit_all(request)
+    assert port.admitted == [request] and len(choices.completions) == 4
+    assert len({c.id for c in choices.completions}) == 4  # a generation id each
+    events = [e async for e in svc.stream_all(choices)]
+    assert sorted(i for i, e in events if type(e) is Finished) == [0, 1, 2, 3]
+    (spent,) = port.settled
+    # Every choice's output; each prompt's tokens once (as OpenAI counts them).
+    assert (spent.request_id, spent.status, spent.exact) == (
+        choices.completions[0].id,
+        Status.OK,
+        True,
+    )
+    assert (spent.prompt_tokens, spent.completion_tokens, spent.backend) == (2 * 9, 4 * 4, "a")
+    assert svc.in_flight == 0
+
+
+async def test_a_cancelled_fanout_settles_once_after_every_choice_has_ended() -> None:
+    clock = FakeClock()
+    hold = asyncio.Event()
+    backend = ScriptedBackend(default=[Text("a", 2), Gate(hold), Text("b", 3), Finish()])
+    svc, port = accounted(backend, clock)
+    choices = await svc.admit_all(fanout(["one"], n=3))
+    async with aclosing(svc.stream_all(choices)) as events:
+        texts = 0
+        async for _, event in events:
+            texts += event == "a"
+            if texts == 3:  # every choice is waiting at the gate
+                break
+        assert backend.open == 3 and not port.settled
+    (spent,) = port.settled  # once, when the last choice had ended
+    assert backend.open == 0 and backend.closed == 3
+    assert (spent.status, spent.exact, spent.backend) == (Status.CANCELLED, False, "a")
+    assert spent.completion_tokens == 3 * 2 and spent.prompt_tokens > 0
+    assert svc.in_flight == 0
+
+
+async def test_a_failed_choice_fails_the_fanout_and_it_settles_once() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Text("a"), Finish()])
+    hold = asyncio.Event()
+    backend.script("a", [Text("x"), Gate(hold), Finish()], [Text("y"), Fail(BackendFailed("boom"))])
+    svc, port = accounted(backend, clock)
+    with pytest.raises(BackendFailed):
+        [e async for e in svc.stream_all(await svc.admit_all(fanout(["one"], n=3)))]
+    (spent,) = port.settled
+    assert spent.status is Status.ERROR and backend.open == 0
+
+
+async def test_a_drain_waits_for_the_fanout_to_settle() -> None:
+    clock = FakeClock()
+    hold = asyncio.Event()
+    backend = ScriptedBackend(default=[Text("a", 1), Gate(hold), Finish()])
+    svc, port = accounted(backend, clock)
+    choices = await svc.admit_all(fanout(["one", "two"], n=1))
+
+    async def consume() -> None:
+        async for _ in svc.stream_all(choices):
+            pass
+
+    task = asyncio.create_task(consume())
+    await wait_until(lambda: backend.open == 2)
+    assert await svc.drain(0) == 2  # each choice is one stream ended
+    assert await svc.wait_idle(1)
+    (spent,) = port.settled  # idle means settled: shutdown may flush usage now
+    assert spent.status is Status.ERROR
+    with pytest.raises(ShuttingDown):
+        await task
+
+
+def choice(status: Status, backend: str = "a", prompt: int = 5, exact: bool = False) -> Spent:
+    return Spent("c", status, "m", backend, prompt, 2, exact, 1.0, 1.0, None)
+
+
+@pytest.mark.parametrize(
+    ("choices", "status"),
+    [
+        ([choice(Status.OK, exact=True)] * 2, Status.OK),
+        ([choice(Status.OK), choice(Status.CANCELLED)], Status.CANCELLED),
+        ([choice(Status.OK), None], Status.CANCELLED),  # one never started
+        ([choice(Status.ERROR), choice(Status.CANCELLED)], Status.ERROR),
+        ([choice(Status.REJECTED, ""), choice(Status.CANCELLED, "")], Status.REJECTED),
+        ([choice(Status.REJECTED, ""), choice(Status.CANCELLED)], Status.ERROR),  # one served
+        ([None, None], Status.CANCELLED),
+    ],
+)
+def test_a_fanout_ends_as_its_worst_choice(choices: list[Spent | None], status: Status) -> None:
+    total = spent_by_choices("id", "m", choices, 1, 0.0, 1.0)
+    assert total.status is status and total.request_id == "id"
+    assert total.exact == (status is Status.OK)
+
+
+def test_each_prompt_counts_once_preferring_the_backends_count() -> None:
+    parts = [
+        choice(Status.OK, prompt=7, exact=True),
+        choice(Status.CANCELLED, prompt=9),
+        None,
+        None,
+    ]
+    total = spent_by_choices("id", "m", parts, 2, 0.0, 1.0)  # two prompts, n=2
+    assert (total.prompt_tokens, total.completion_tokens) == (7, 4)
