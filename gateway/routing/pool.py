@@ -205,6 +205,9 @@ class EndpointPool:
                     endpoint = await waiter
             except TimeoutError:
                 self.queue.forget(waiter)
+                if waiter.done() and not waiter.cancelled():
+                    # Handed over in the same loop iteration as the deadline: pass it on.
+                    self.release(waiter.result())
                 raise PoolSaturated() from None
             except asyncio.CancelledError:
                 self.queue.forget(waiter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -188,6 +189,32 @@ async def test_full_pool_queues_then_hands_the_freed_slot_over() -> None:
     with pytest.raises(PoolSaturated):
         await p.acquire(timeout_s=0.05)
     assert p.queue.depth == 0
+
+
+async def test_a_slot_handed_over_as_the_queue_wait_times_out_is_not_lost() -> None:
+    """The hand-over and the queue timeout land in the same loop iteration (hand-over
+    first): the waiter sees TimeoutError holding a slot, which must go back, not leak."""
+    p = pool(1, max_inflight=1)
+    holder = await p.acquire(timeout_s=0)
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    timeout_s = 0.2
+    waiter = asyncio.create_task(p.acquire(tenant="t", timeout_s=timeout_s))
+    await asyncio.sleep(0)
+    assert p.queue.depth == 1
+    # Due just before the waiter's deadline (which is at least before + timeout_s) ...
+    loop.call_at(before + timeout_s - 0.001, p.release, holder)
+    # ... and both come due together: the loop is held past the deadline, so the
+    # next iteration runs the hand-over, then the timeout, then the waiter.
+    time.sleep(timeout_s + 0.05)  # noqa: ASYNC251 - blocking the loop is the point
+    try:
+        got = await waiter
+    except PoolSaturated:
+        assert holder.outstanding == 0  # nobody holds the slot: it must be free
+    else:
+        assert got is holder and holder.outstanding == 1
+    assert p.queue.depth == 0
+    assert await p.acquire(timeout_s=0) is holder
 
 
 async def test_one_tenants_burst_does_not_starve_another() -> None:
