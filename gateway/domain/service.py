@@ -566,11 +566,14 @@ class ChatCompletionService:
                         endpoint.breaker.release_probe()
                         raise error
                     self._observer.retried(route.name)
-                    await asyncio.sleep(self._backoff(attempts))
-                    if live.cut:
-                        route.pool.release(endpoint)
+                    try:
+                        await asyncio.sleep(self._backoff(attempts))
+                        if live.cut:
+                            raise _shutting_down()
+                    except BaseException:  # a drain, or the client gone during the backoff
+                        route.pool.release(endpoint)  # _attempt's finally is not reached
                         endpoint.breaker.release_probe()
-                        raise _shutting_down()
+                        raise
                 attempts += 1
                 try:
                     attempt = self._attempt(route, endpoint, generation, began, on_stall, live)

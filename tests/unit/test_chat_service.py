@@ -364,3 +364,32 @@ def test_each_prompt_counts_once_preferring_the_backends_count() -> None:
     ]
     total = spent_by_choices("id", "m", parts, 2, 0.0, 1.0)  # two prompts, n=2
     assert (total.prompt_tokens, total.completion_tokens) == (7, 4)
+
+
+async def test_a_cancel_during_the_retry_backoff_frees_the_reserved_endpoint() -> None:
+    # The retry reserves its endpoint (a slot, and a probe while half-open)
+    # before sleeping the backoff: a client gone during the sleep must free both.
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Hang()])
+    for address in "ab":  # whichever is tried first fails; the other is reserved
+        backend.script(address, [Fail(BackendUnavailable("down"))])
+    slow = RetryPolicy(
+        max_attempts=3, backoff_base_s=30.0, backoff_max_s=30.0, budget_min_per_s=100
+    )
+    policy = ResiliencePolicy(retry=slow)
+    breaker = BreakerPolicy(consecutive_failures=3, cooldown_s=5.0, half_open_probes=1)
+    svc = service(backend, {"m": ["a", "b"]}, clock, policy, breaker=breaker)
+    endpoints = svc.registry.resolve("m").pool.endpoints
+    for endpoint in endpoints:  # both half-open: each call takes their only probe
+        endpoint.breaker.trip()
+    clock.advance(5.01)
+    task = asyncio.create_task(run(svc, await svc.admit(request())))
+    await wait_until(lambda: len(backend.calls) == 1 and sum(e.outstanding for e in endpoints) == 1)
+    (waiting,) = [e for e in endpoints if e.outstanding]  # reserved, in the backoff
+    assert waiting.address != backend.calls[0].address
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [e.outstanding for e in endpoints] == [0, 0]
+    assert waiting.breaker.would_allow()  # its probe is free for the next request
+    assert len(backend.calls) == 1
