@@ -62,6 +62,7 @@ from gateway.errors import (
     BackendFailed,
     BackendTimeout,
     BackendUnavailable,
+    ClientStalled,
     GatewayError,
     InvalidRequest,
     ModelNotFound,
@@ -416,8 +417,16 @@ class ChatCompletionService:
         ttft: float | None = None
         live = _Live(self._cut_all)
         self._live.add(live)
+        stalled = False
+
+        def stall() -> None:
+            nonlocal stalled
+            stalled = True
+            if on_stall is not None:
+                on_stall()
+
         try:
-            events = self._route_and_stream(completion, began, on_stall, live)
+            events = self._route_and_stream(completion, began, stall, live)
             async with aclosing(events):
                 async for event in events:
                     if type(event) is tuple:
@@ -452,6 +461,10 @@ class ChatCompletionService:
             outcome, status = "internal_error", Status.ERROR
             raise
         finally:
+            if stalled:
+                # The client stopped reading and was cut off (its StreamStalled, or the
+                # cancel that ends the call): its doing, like a disconnect, not our fault.
+                outcome, status = ClientStalled.reason, Status.CANCELLED
             if usage is not None:
                 prompt_tokens = usage.usage.prompt_tokens
                 completion_tokens = usage.usage.completion_tokens

@@ -16,6 +16,7 @@ from contextlib import aclosing
 import grpc
 from opentelemetry import trace
 
+from common.batching import StreamStalled
 from common.grpcutil.status import ErrorDetails, build_status
 from gateway.domain.chat import (
     NO_FEATURES,
@@ -257,6 +258,10 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
             yield Response(end=end)
         except GatewayError as error:
             await context.abort_with_status(to_status(error))
+        except StreamStalled:
+            # end_stalled_call logged it and aborted the call (its task ran before
+            # this handler was woken): returning ends it with that status.
+            pass
         except Exception:
             log.exception("unexpected error in StreamCompletion")
             await context.abort_with_status(_INTERNAL)

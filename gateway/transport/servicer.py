@@ -10,6 +10,7 @@ from contextlib import aclosing
 import grpc
 from opentelemetry import trace
 
+from common.batching import StreamStalled
 from common.grpcutil.abort import abort_soon
 from common.grpcutil.status import ErrorDetails, build_status
 from gateway.domain.assemble import AssembledChoice
@@ -192,6 +193,10 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
                         yield Response(end=end)
         except GatewayError as error:
             await context.abort_with_status(to_status(error))
+        except StreamStalled:
+            # end_stalled_call logged it and aborted the call (its task ran before
+            # this handler was woken): returning ends it with that status.
+            pass
         except Exception:
             log.exception("unexpected error in StreamChatCompletion")
             await context.abort_with_status(_INTERNAL)

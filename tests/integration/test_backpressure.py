@@ -10,6 +10,7 @@ backlog as one message over the receiver's 16 MiB limit.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -112,10 +113,11 @@ async def start_gateway_process(
         )
     )
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(config),
-        "--listen", f"127.0.0.1:{port}", "--metrics-listen", "",
-    )  # fmt: skip
+    with (tmp_path / "gateway.log").open("wb") as log:  # the child keeps its own copy
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "--config", str(config),
+            "--listen", f"127.0.0.1:{port}", "--metrics-listen", "", stderr=log,
+        )  # fmt: skip
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
     return process, port
@@ -196,3 +198,8 @@ async def test_a_client_that_stalls_past_the_timeout_is_cut_off_and_the_engine_a
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 15)
+    # Recorded as the client's stall, not as a gateway fault (no traceback, no INTERNAL).
+    lines = [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines()]
+    (access,) = [line for line in lines if line.get("logger") == "llmgw.access"]
+    assert access["outcome"] == "client_stalled", access
+    assert not [line for line in lines if line.get("level") == "ERROR"], lines

@@ -11,8 +11,10 @@ from contextlib import aclosing
 
 import pytest
 
+from common.batching import StreamLimits, StreamStalled
 from gateway.domain.accounting import Grant, Spent, Status, spent_by_choices
 from gateway.domain.chat import ChatRequest, FanOut, Finished, Message, Role, Routed
+from gateway.domain.observer import NullObserver, RequestRecord
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService, Completion, Output
 from gateway.errors import (
@@ -393,3 +395,35 @@ async def test_a_cancel_during_the_retry_backoff_frees_the_reserved_endpoint() -
     assert [e.outstanding for e in endpoints] == [0, 0]
     assert waiting.breaker.would_allow()  # its probe is free for the next request
     assert len(backend.calls) == 1
+
+
+class Outcomes(NullObserver):
+    """Records each finished request's outcome."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+
+    def finished(self, record: RequestRecord) -> None:
+        self.outcomes.append(record.outcome)
+
+
+async def test_a_client_that_stops_reading_is_recorded_as_stalled_not_as_an_internal_error() -> (
+    None
+):
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Text("x" * 10) for _ in range(20)] + [Finish()])
+    port, observer, stalls = Accounting(), Outcomes(), []
+    svc = ChatCompletionService(
+        routes({"m": ["a"]}, clock), backend, ResiliencePolicy(retry=NO_BACKOFF),
+        clock=clock, monotonic=clock, admission=port, observer=observer,  # type: ignore[arg-type]
+        limits=StreamLimits(max_buffered=20, max_batch=10, stall_timeout_s=0.01),
+    )  # fmt: skip
+    async with aclosing(svc.stream(await svc.admit(request()), lambda: stalls.append(1))) as events:
+        assert isinstance(await anext(events), Routed)
+        await wait_until(lambda: stalls == [1])  # the consumer took nothing: stalled
+        with pytest.raises(StreamStalled):  # what was buffered, then the stall
+            async for _ in events:
+                pass
+    assert observer.outcomes == ["client_stalled"]
+    (spent,) = port.settled
+    assert spent.status is Status.CANCELLED and backend.open == 0
