@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -193,7 +193,7 @@ class Engine(Protocol):
     """An inference engine. ``generate`` must stop work promptly when its
     iterator is closed or its task cancelled: that is how aborts reach it."""
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Stream deltas, then exactly one Finished; or raise EngineError."""
         ...
 

@@ -7,7 +7,8 @@ async-generator step per delta.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
 from functools import cache
 
 from opentelemetry import trace
@@ -134,7 +135,7 @@ class MeteredEngine:
         """Close the wrapped engine."""
         await self._engine.close()
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Relay the engine's events, recording what happened."""
         m, model = self._metrics, self._model
         began = time.perf_counter()
@@ -146,18 +147,24 @@ class MeteredEngine:
                 span.set_attribute("gen_ai.request.max_tokens", request.max_tokens)
             span.set_attribute("llmgw.request_id", request.request_id)
             try:
-                async for event in self._engine.generate(request):
-                    if type(event) is not Finished:
-                        if first:
-                            first = False
-                            m.ttft.labels(model).observe(time.perf_counter() - began)
-                    elif isinstance(event, Finished):
-                        outcome = "ok"
-                        m.tokens.labels(model).inc(event.completion_tokens)
-                        span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
-                        span.set_attribute("gen_ai.usage.output_tokens", event.completion_tokens)
-                        span.set_attribute("gen_ai.response.finish_reasons", [event.reason.value])
-                    yield event
+                # aclosing: a closed stream aborts the engine at once, not when collected.
+                async with aclosing(self._engine.generate(request)) as events:
+                    async for event in events:
+                        if type(event) is not Finished:
+                            if first:
+                                first = False
+                                m.ttft.labels(model).observe(time.perf_counter() - began)
+                        elif isinstance(event, Finished):
+                            outcome = "ok"
+                            m.tokens.labels(model).inc(event.completion_tokens)
+                            span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
+                            span.set_attribute(
+                                "gen_ai.usage.output_tokens", event.completion_tokens
+                            )
+                            span.set_attribute(
+                                "gen_ai.response.finish_reasons", [event.reason.value]
+                            )
+                        yield event
             except EngineError as error:
                 outcome = error.reason
                 raise

@@ -23,7 +23,8 @@ import math
 import random
 import re
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -226,7 +227,7 @@ class SimEngine:
             cfg.failure_probability >= 1.0 or self._random.random() < cfg.failure_probability
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Wait for a slot, then stream the deterministic answer on schedule."""
         cfg = self.config
         self._counters.received += 1
@@ -262,8 +263,9 @@ class SimEngine:
         counters.started += 1
         try:
             run = self._run_planned if needs_plan(request) else self._run
-            async for event in run(request, prompt_tokens, limit, fault):
-                yield event
+            async with aclosing(run(request, prompt_tokens, limit, fault)) as events:
+                async for event in events:
+                    yield event
             finished = True
         finally:
             counters.running -= 1
@@ -286,7 +288,7 @@ class SimEngine:
 
     async def _run(
         self, request: EngineRequest, prompt_tokens: int, limit: int, fault: FailureMode
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent, None]:
         cfg = self.config
         slow = cfg.slow_factor if fault is FailureMode.SLOW else 1.0
         loop = asyncio.get_running_loop()
@@ -340,7 +342,7 @@ class SimEngine:
 
     async def _run_planned(
         self, request: EngineRequest, prompt_tokens: int, limit: int, fault: FailureMode
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent, None]:
         """Several choices, tool calls, JSON, reasoning or log probabilities:
         every choice advances one token per step, as a batch engine decodes."""
         cfg = self.config

@@ -12,7 +12,7 @@ from vLLM's own ``/health`` and ``/metrics``, polled in the background
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Literal
 
@@ -172,7 +172,7 @@ class VllmEngine:
                 vectors[position] = vector
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Stream vLLM's answer; closing this generator aborts the request in vLLM."""
         model = self._served_model()
         body = chat_body(request, model)

@@ -11,6 +11,7 @@ marker with INVALID_ARGUMENT and a ``BadRequest`` detail instead.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -61,8 +62,11 @@ def _stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if request is MALFORMED:
             await context.abort_with_status(_MALFORMED_STATUS)
-        async for message in behavior(request, context):
-            yield message
+        # aclosing: closing this stream closes the handler's at once (its cleanup,
+        # a backend call's cancel), not when the garbage collector gets to it.
+        async with aclosing(behavior(request, context)) as messages:
+            async for message in messages:
+                yield message
 
     return guarded
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -98,8 +99,9 @@ def local_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await check(context)
-            async for message in inner_stream(request, context):
-                yield message
+            async with aclosing(inner_stream(request, context)) as messages:  # closed with us
+                async for message in messages:
+                    yield message
 
         return grpc.unary_stream_rpc_method_handler(
             stream, h.request_deserializer, h.response_serializer
