@@ -213,7 +213,11 @@ class StreamParser:
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError as error:
-            raise EngineFailed(f"vLLM sent a chunk that is not JSON: {payload[:200]!r}") from error
+            # What was wrong, never the chunk: it may hold generated text, and errors are logged.
+            raise EngineFailed(
+                f"vLLM sent a chunk that is not JSON ({len(payload)} bytes, "
+                f"starting with {_first_byte(payload)}): {error}"
+            ) from None
         if "error" in chunk:
             raise _stream_error(chunk["error"])
         usage = chunk.get("usage")
@@ -328,6 +332,22 @@ class StreamParser:
             self.completion_tokens,
             choice_reasons,
         )
+
+
+def _first_byte(payload: bytes) -> str:
+    """The kind of a payload's first byte (JSON punctuation shown as itself)."""
+    first = payload[:1]
+    if not first:
+        return "nothing"
+    if first in b'{}[]",:':
+        return repr(first.decode())
+    if first.isalpha():
+        return "a letter"
+    if first.isdigit():
+        return "a digit"
+    if first.isspace():
+        return "whitespace"
+    return "a control byte" if first[0] < 0x20 else "another byte"
 
 
 def _stream_error(error: object) -> EngineError:

@@ -150,6 +150,15 @@ def test_error_event_in_the_stream_raises() -> None:
         StreamParser().feed(b"{oops")
 
 
+def test_a_chunk_that_is_not_json_is_described_without_its_text() -> None:
+    # Generated text must not reach logs: the gateway logs backend errors.
+    with pytest.raises(EngineFailed) as failed:
+        StreamParser().feed(b'{"choices":[{"delta":{"content":"SECRET-MARKER"')
+    message = str(failed.value)
+    assert "SECRET-MARKER" not in message and "not JSON" in message
+    assert "47 bytes" in message and "'{'" in message
+
+
 def test_context_too_long_is_the_clients_fault_with_vllms_words() -> None:
     body = (
         b'{"error":{"message":"This model\'s maximum context length is 2048 tokens. However, your '
