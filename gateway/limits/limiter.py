@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from gateway.errors import LimiterUnavailable
 from gateway.limits.memory import InMemoryLimitStore
@@ -176,10 +177,18 @@ class Limiter:
         started = self._monotonic()
         month = month_of(self._clock())
         if not self.store_down:
+            # Shielded: a caller gone mid-call (after the store took the reservation)
+            # leaves it to be given back, not held until its lease ends.
+            taking = asyncio.ensure_future(
+                self._store.acquire(tenant, limits, reservation, tokens, month, self.lease_s)
+            )
             try:
-                decision = await self._store.acquire(
-                    tenant, limits, reservation, tokens, month, self.lease_s
+                decision = await asyncio.shield(taking)
+            except asyncio.CancelledError:
+                taking.add_done_callback(
+                    partial(self._give_back, tenant, limits, reservation, month)
                 )
+                raise
             except StoreUnavailable as error:
                 self._failed(error)
             else:
@@ -199,6 +208,22 @@ class Limiter:
         self.local_admissions += 1
         self.stats.add(self._monotonic() - started)
         return Reservation(reservation, tenant, limits, tokens, month, decision, local=True)
+
+    def _give_back(
+        self,
+        tenant: str,
+        limits: TenantLimits,
+        reservation: str,
+        month: str,
+        taking: asyncio.Future[Decision],
+    ) -> None:
+        """Release (nothing used) what a cancelled acquire took, by the retried-writes path."""
+        if taking.cancelled() or taking.exception() is not None or not taking.result().admitted:
+            return
+        self._enqueue(
+            f"release {tenant}",
+            lambda: self._store.release(tenant, limits, reservation, 0, month),
+        )
 
     async def release(self, reservation: Reservation, actual_tokens: int) -> None:
         """Reconcile an admitted reservation with its real usage. Never raises."""

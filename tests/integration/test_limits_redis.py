@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,15 @@ from gateway.adapters.redis_conn import RedisClient, tenant_tag
 from gateway.adapters.redis_limits import RedisLimitStore
 from gateway.adapters.redis_metering import RedisUsageStore
 from gateway.limits.limiter import FailurePolicy, Limiter
-from gateway.limits.ports import CONCURRENCY, MONTHLY, REQUESTS, TOKENS, TOO_LARGE, TenantLimits
+from gateway.limits.ports import (
+    CONCURRENCY,
+    MONTHLY,
+    REQUESTS,
+    TOKENS,
+    TOO_LARGE,
+    Decision,
+    TenantLimits,
+)
 from gateway.metering.model import Granularity, UsageEvent
 from tests.redis_server import RedisServer
 
@@ -219,4 +228,53 @@ async def test_redis_cluster(redis_cluster: list[RedisServer]) -> None:
         await limiter.release(r, 1)
         await limiter.renew()
     finally:
+        await client.aclose()
+
+
+class HeldReply(RedisLimitStore):
+    """Redis takes the reservation; its answer reaches the caller when the test says."""
+
+    def __init__(self, client: RedisClient) -> None:
+        super().__init__(client, timeout_s=TIMEOUT_S)
+        self.taken = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def acquire(self, *args: Any) -> Decision:
+        decision = await super().acquire(*args)
+        self.taken.set()
+        await self.answer.wait()
+        return decision
+
+
+async def test_a_cancel_during_admission_gives_back_what_redis_reserved(
+    redis_server: RedisServer,
+) -> None:
+    # The caller left (a client gone, its deadline) between Redis taking the reservation
+    # and the answer: the concurrency slot must come back now, not when its lease ends.
+    client = connect(redis_server.url)
+    store = HeldReply(client)
+    limiter = Limiter(store, lease_s=600)
+    limiter.start()
+    one = TenantLimits(
+        requests_per_minute=600, tokens_per_minute=6000, max_concurrent=1, tokens_burst=1000
+    )
+    try:
+        admitting = asyncio.create_task(limiter.acquire("t", one, "r1", 10))
+        await store.taken.wait()
+        admitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        store.answer.set()
+        probe = limit_store(client)
+        admitted: list[bool] = []
+
+        async def try_again() -> None:
+            while not admitted or not admitted[-1]:
+                decision = await probe.acquire("t", one, "r2", 10, "m", 600)
+                admitted.append(decision.admitted)
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(try_again(), 20)  # the lease runs for 600 s
+    finally:
+        await limiter.close()
         await client.aclose()
