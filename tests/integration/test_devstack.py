@@ -18,8 +18,14 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.slow
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# `python -m devstack` started as when `make run &` runs from a script: a background
+# job inherits SIGINT ignored, and Ctrl-C (SIGINT) must stop it all the same. Set in
+# the child's own Python, not with preexec_fn: forking this process (grpc threads
+# running) to run Python before exec is not safe, and grpc's fork handlers said so.
+_DEVSTACK_WITH_SIGINT_IGNORED = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "sys.argv[0] = 'devstack'; runpy.run_module('devstack', run_name='__main__', alter_sys=True)"
+)
 
 
 def test_run_command_serves_both_models_and_stops_cleanly() -> None:
@@ -28,8 +34,8 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "devstack",
+            "-c",
+            _DEVSTACK_WITH_SIGINT_IGNORED,
             "--rest-port",
             str(rest),
             "--grpc-port",
@@ -44,9 +50,6 @@ def test_run_command_serves_both_models_and_stops_cleanly() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        # As when `make run &` is started from a script: a background job inherits
-        # SIGINT ignored. Ctrl-C (SIGINT) must stop it all the same.
-        preexec_fn=_ignore_sigint,
     )
     banner = []
     try:
