@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.tenancy.keys import hash_key
 from tests.conftest import free_port
@@ -62,6 +63,8 @@ class ObservedStack:
     grpc_port: int
     metrics_ports: dict[str, int]
     procs: list[Proc]
+    # Endpoints the gateway must report healthy before a test sends its first request.
+    endpoints: Sequence[str] = ()
 
     @property
     def base_url(self) -> str:
@@ -71,10 +74,16 @@ class ObservedStack:
         return "\n".join(p.log.read_text(errors="replace") for p in self.procs)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until the shim is ready and the gateway's health checks passed every
+        endpoint: a gateway serves before its sidecars listen, and a first request
+        then can find no endpoint to take it (503) on a slow machine."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200:
+                if (
+                    httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200
+                    and self._endpoints_healthy()
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -83,6 +92,19 @@ class ObservedStack:
                     raise RuntimeError(f"{p.name} died:\n{p.log.read_text()[-3000:]}")
             time.sleep(0.2)
         raise TimeoutError("stack not ready")
+
+    def _endpoints_healthy(self) -> bool:
+        text = httpx.get(
+            f"http://127.0.0.1:{self.metrics_ports['gateway']}/metrics", timeout=1
+        ).text
+        healthy = {
+            sample.labels.get("endpoint")
+            for family in text_string_to_metric_families(text)
+            if family.name == "llmgw_backend_healthy"
+            for sample in family.samples
+            if sample.value == 1
+        }
+        return all(endpoint in healthy for endpoint in self.endpoints)
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -194,7 +216,9 @@ def start_stack(
             env,
         )
     )
-    stack = ObservedStack(folder, rest, grpc_port, metrics, procs)
+    stack = ObservedStack(
+        folder, rest, grpc_port, metrics, procs, [f"127.0.0.1:{ports[n]}" for n in ports]
+    )
     for p in procs:
         p.start()
     try:
