@@ -46,7 +46,12 @@ from gateway.domain.chat import (
 )
 from gateway.domain.embedding import EmbeddingJob, EmbeddingRequest
 from gateway.domain.fanout import merged
-from gateway.domain.observer import CompletionObserver, NullObserver, RequestRecord
+from gateway.domain.observer import (
+    CompletionObserver,
+    FanOutObserver,
+    NullObserver,
+    RequestRecord,
+)
 from gateway.domain.ports import AdmissionPort, BackendPort
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.routing_key import request_key
@@ -380,10 +385,12 @@ class ChatCompletionService:
         they used together (``spent_by_choices``)."""
         began, started_at = self._monotonic(), self._clock()
         spent: list[Spent | None] = [None] * len(choices.completions)
+        # Metrics and the access log count the call once too.
+        observer = FanOutObserver(self._observer, len(choices.completions), choices.n)
         self._fanouts += 1  # in flight until settled: a drain waits for the settlement
         try:
             streams = [
-                self._stream(c, on_stall, _into(spent, i))
+                self._stream(c, on_stall, _into(spent, i), observer.for_choice(i))
                 for i, c in enumerate(choices.completions)
             ]
             async with aclosing(merged(streams)) as events:
@@ -392,9 +399,9 @@ class ChatCompletionService:
         finally:
             # Every choice has ended here: merged() closed and awaited them all.
             first = choices.completions[0]
-            total = spent_by_choices(
-                first.id, first.model, spent, choices.n, started_at, self._monotonic() - began
-            )
+            duration = self._monotonic() - began
+            observer.close(first.id, duration)
+            total = spent_by_choices(first.id, first.model, spent, choices.n, started_at, duration)
             self._settle(first.grant, total)
             self._fanouts -= 1
             self._notify_idle()
@@ -404,9 +411,12 @@ class ChatCompletionService:
         completion: Completion,
         on_stall: Callable[[], None] | None,
         settle: Callable[[Spent], None],
+        observer: CompletionObserver | None = None,
     ) -> AsyncGenerator[Output, None]:
-        """``stream``, handing what was used to ``settle`` (exactly once)."""
-        observer = self._observer
+        """``stream``, handing what was used to ``settle`` (exactly once) and
+        reporting to ``observer`` (the service's when None)."""
+        if observer is None:
+            observer = self._observer
         began = self._monotonic()
         started_at = self._clock()
         observer.started(completion.model)
@@ -426,7 +436,7 @@ class ChatCompletionService:
                 on_stall()
 
         try:
-            events = self._route_and_stream(completion, began, stall, live)
+            events = self._route_and_stream(completion, began, observer, stall, live)
             async with aclosing(events):
                 async for event in events:
                     if type(event) is tuple:
@@ -509,6 +519,7 @@ class ChatCompletionService:
         self,
         completion: Completion,
         began: float,
+        observer: CompletionObserver,
         on_stall: Callable[[], None] | None = None,
         live: _Live | None = None,
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
@@ -534,7 +545,7 @@ class ChatCompletionService:
             if generation is None:
                 continue  # cannot serve: the caller may not use it, or its max_tokens
             if previous is not None:
-                self._observer.fell_back(previous.name, route.name)
+                observer.fell_back(previous.name, route.name)
             previous = route
             tried: set[Endpoint] = set()
             while attempts < policy.retry.max_attempts:
@@ -578,7 +589,7 @@ class ChatCompletionService:
                         route.pool.release(endpoint)
                         endpoint.breaker.release_probe()
                         raise error
-                    self._observer.retried(route.name)
+                    observer.retried(route.name)
                     try:
                         await asyncio.sleep(self._backoff(attempts))
                         if live.cut:
@@ -589,7 +600,9 @@ class ChatCompletionService:
                         raise
                 attempts += 1
                 try:
-                    attempt = self._attempt(route, endpoint, generation, began, on_stall, live)
+                    attempt = self._attempt(
+                        route, endpoint, generation, began, observer, on_stall, live
+                    )
                     async with aclosing(attempt) as events:
                         async for event in events:
                             yield event
@@ -623,6 +636,7 @@ class ChatCompletionService:
         endpoint: Endpoint,
         generation: Work,
         began: float,
+        observer: CompletionObserver,
         on_stall: Callable[[], None] | None,
         live: _Live,
     ) -> AsyncGenerator[Routed | StreamEvent, None]:
@@ -633,7 +647,7 @@ class ChatCompletionService:
         not the backend's (no verdict on the endpoint, no retry)."""
         policy = self._policy
         breaker = endpoint.breaker
-        observer, now, model = self._observer, self._monotonic, route.name
+        now, model = self._monotonic, route.name
         verdict = False
         try:
             called = now()

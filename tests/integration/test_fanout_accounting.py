@@ -6,6 +6,7 @@ ends. Real gateway, real sidecars, limits and usage in memory or in a real Redis
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import grpc
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from backends.engines.sim import SimConfig
 from gateway.tenancy.runtime import Tenancy, TenancyOptions
@@ -83,6 +85,22 @@ async def fanned(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         await s.stop(0)
 
 
+def requests_counted(tenant: str) -> Counter[str]:
+    """The gateway's request and token counters for ``tenant``, over every model and
+    outcome (the metrics are the process's: compare before and after)."""
+    counted: Counter[str] = Counter()
+    names = {
+        "llmgw_gateway_requests_total": "requests",
+        "llmgw_gateway_prompt_tokens_total": "prompt_tokens",
+        "llmgw_gateway_completion_tokens_total": "completion_tokens",
+    }
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name in names and sample.labels.get("tenant") == tenant:
+                counted[names[sample.name]] += int(sample.value)
+    return counted
+
+
 def completion_params(**kw: object) -> cpb.CompletionParams:
     kw.setdefault("prompts", [PROMPT])
     return cpb.CompletionParams(model="small", **kw)  # type: ignore[arg-type]
@@ -92,6 +110,7 @@ async def test_a_call_with_several_choices_is_one_request_of_the_rpm_limit_and_o
     fanned: Fanned,
 ) -> None:
     key = bearer(fanned.keys["two"])
+    counted_before = requests_counted("two")
     whole = fanned.completions.CreateCompletion(
         cpb.CreateCompletionRequest(params=completion_params(n=3, max_tokens=2)), metadata=key
     )
@@ -124,6 +143,10 @@ async def test_a_call_with_several_choices_is_one_request_of_the_rpm_limit_and_o
     assert row.completion_tokens == 3 * 2 + 2 * 3
     assert row.prompt_tokens == reply.usage.prompt_tokens + streamed_usage.prompt_tokens
     assert 0 < reply.usage.prompt_tokens < row.prompt_tokens
+    # The gateway's metrics count client requests too: each call once, with its tokens.
+    assert requests_counted("two") - counted_before == {
+        "requests": 2, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens
+    }  # fmt: skip
 
 
 async def test_a_cancelled_call_with_several_choices_holds_one_slot_and_releases_it(

@@ -14,7 +14,7 @@ import pytest
 from common.batching import StreamLimits, StreamStalled
 from gateway.domain.accounting import Grant, Spent, Status, spent_by_choices
 from gateway.domain.chat import ChatRequest, FanOut, Finished, Message, Role, Routed
-from gateway.domain.observer import NullObserver, RequestRecord
+from gateway.domain.observer import NullObserver, RequestRecord, merge_records
 from gateway.domain.resilience import ResiliencePolicy
 from gateway.domain.service import ChatCompletionService, Completion, Output
 from gateway.errors import (
@@ -312,6 +312,105 @@ async def test_a_failed_choice_fails_the_fanout_and_it_settles_once() -> None:
         [e async for e in svc.stream_all(await svc.admit_all(fanout(["one"], n=3)))]
     (spent,) = port.settled
     assert spent.status is Status.ERROR and backend.open == 0
+
+
+class Recorder(NullObserver):
+    """Records what the service reports, event by event."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.records: list[RequestRecord] = []
+
+    def started(self, model: str) -> None:
+        self.events.append("started")
+
+    def first_token(self, model: str, ttft_s: float, overhead_s: float) -> None:
+        self.events.append("first_token")
+
+    def delta(self, model: str, gap_s: float, tokens: int) -> None:
+        self.events.append("delta")
+
+    def finished(self, record: RequestRecord) -> None:
+        self.events.append("finished")
+        self.records.append(record)
+
+
+def observed(backend: ScriptedBackend, clock: FakeClock) -> tuple[ChatCompletionService, Recorder]:
+    observer = Recorder()
+    svc = ChatCompletionService(
+        routes({"m": ["a"]}, clock), backend, ResiliencePolicy(retry=NO_BACKOFF),
+        clock=clock, monotonic=clock, admission=Accounting(), observer=observer,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return svc, observer
+
+
+async def test_a_fanout_is_reported_as_one_request_with_every_choices_tokens() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Text("x", 4), Text("y", 1), Finish(prompt_tokens=9)])
+    svc, observer = observed(backend, clock)
+    choices = await svc.admit_all(fanout(["one", "two"], n=2))
+    [e async for e in svc.stream_all(choices)]
+    # One request for the request counters, the in-flight gauge, TTFT and the access
+    # log; each choice's token gaps still count (inter-token latency is per stream).
+    assert observer.events.count("started") == 1 and observer.events.count("first_token") == 1
+    assert observer.events.count("delta") == 4 * 2  # after each choice's first batch
+    assert observer.events[-1] == "finished"
+    (record,) = observer.records
+    assert (record.request_id, record.outcome, record.backend) == (
+        choices.completions[0].id, "ok", "a",
+    )  # fmt: skip
+    assert (record.prompt_tokens, record.completion_tokens) == (2 * 9, 4 * 5)
+
+
+async def test_a_fanout_with_a_failed_choice_is_reported_once_as_that_failure() -> None:
+    clock = FakeClock()
+    backend = ScriptedBackend(default=[Text("a"), Finish()])
+    hold = asyncio.Event()
+    backend.script("a", [Text("x"), Gate(hold), Finish()], [Text("y"), Fail(BackendFailed("boom"))])
+    svc, observer = observed(backend, clock)
+    with pytest.raises(BackendFailed):
+        [e async for e in svc.stream_all(await svc.admit_all(fanout(["one"], n=3)))]
+    assert [r.outcome for r in observer.records] == ["backend_failed"]
+    assert observer.events.count("started") == 1
+
+
+async def test_a_cancelled_fanout_is_reported_once_as_cancelled() -> None:
+    clock = FakeClock()
+    hold = asyncio.Event()
+    backend = ScriptedBackend(default=[Text("a", 2), Gate(hold), Finish()])
+    svc, observer = observed(backend, clock)
+    async with aclosing(svc.stream_all(await svc.admit_all(fanout(["one"], n=2)))) as events:
+        async for _, event in events:
+            if event == "a":
+                break  # the client leaves after one choice's first text
+    (record,) = observer.records
+    assert record.outcome == "cancelled" and record.completion_tokens >= 2
+
+
+def record(outcome: str, prompt: int = 5, output: int = 3, backend: str = "a") -> RequestRecord:
+    return RequestRecord("id", "m", "m", backend, "t", outcome, 0.1, prompt, output, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("records", "outcome"),
+    [
+        ([record("ok"), record("ok")], "ok"),
+        ([record("ok"), None], "cancelled"),  # a choice that never started
+        ([record("cancelled"), record("client_stalled")], "client_stalled"),
+        ([record("client_stalled"), record("backend_timeout"), record("boom")], "backend_timeout"),
+    ],
+)
+def test_a_fanouts_record_has_its_worst_choices_outcome(
+    records: list[RequestRecord | None], outcome: str
+) -> None:
+    assert merge_records("req", records, 1, 2.0).outcome == outcome
+
+
+def test_a_fanouts_record_counts_each_prompt_once_preferring_a_finished_choice() -> None:
+    records = [record("cancelled", prompt=6), record("ok", prompt=9), None, record("ok", prompt=4)]
+    merged = merge_records("req", records, 2, 2.0)
+    assert (merged.request_id, merged.prompt_tokens, merged.completion_tokens) == ("req", 13, 9)
+    assert merged.duration_s == 2.0
 
 
 async def test_a_drain_waits_for_the_fanout_to_settle() -> None:
