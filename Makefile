@@ -112,9 +112,10 @@ AGAINST ?= .git\#branch=main
 breaking: $(STAMP)
 	$(BIN)/buf breaking --against '$(AGAINST)'
 
-## bench: sidecar direct vs gateway vs shim (sim and vllm engines) at 1/10/100 streams, then bench-routing and bench-workers (BENCH_ARGS=--quick)
+## bench: sidecar direct vs gateway vs shim (sim and vllm engines) at 1/10/100 streams, then bench-routing, bench-workers and bench-floor (BENCH_ARGS=--quick)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.hop_floor
 	$(BIN)/python -m bench.multiturn $(filter --quick,$(BENCH_ARGS))
 	$(BIN)/python -m bench.workers_scaling $(patsubst --quick,--duration 5,$(filter --quick,$(BENCH_ARGS)))
 
@@ -128,7 +129,7 @@ bench-limits: $(STAMP)
 
 ## bench-litellm: the vllm-engine runs of bench with a LiteLLM proxy beside them (LiteLLM in its own
 ## virtualenv, $(LLMGW_CACHE_DIR)/litellm-venv, never in this project's)
-.PHONY: bench-litellm bench-workers
+.PHONY: bench-litellm bench-workers bench-floor
 LITELLM_VERSION := 1.108.7
 LITELLM_VENV := $(LLMGW_CACHE_DIR)/litellm-venv
 # The stamp names the version, so changing LITELLM_VERSION reinstalls into the same venv.
@@ -144,6 +145,10 @@ bench-litellm: $(STAMP) $(LITELLM_STAMP)
 ## bench-workers: gateway and shim with two workers each; does each worker get its share? (BENCH_ARGS=--quick: 5 s)
 bench-workers: $(STAMP)
 	$(BIN)/python -m bench.workers_scaling $(patsubst --quick,--duration 5,$(BENCH_ARGS))
+
+## bench-floor: what one hop costs at a token's pace with no llmgw code: grpc.aio against raw TCP, per message and per call
+bench-floor: $(STAMP)
+	$(BIN)/python -m bench.hop_floor $(BENCH_ARGS)
 
 ## deploy: docker compose up (PROFILE=sim|cpu|gpu), or DEPLOY=k8s OVERLAY=sim|cpu|gpu-vllm [IMAGE=reg/llmgw:tag]: kubectl apply -k; waits for health, prints where things are (DEPLOY_ARGS=--dry-run prints the commands)
 .PHONY: deploy undeploy

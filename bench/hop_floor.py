@@ -1,0 +1,264 @@
+"""What one hop costs at a real model's pace before any gateway code runs.
+
+``python -m bench.hop_floor [--quick] [--calls 200] [--streams 20] [--markdown PATH]``
+
+A hop of this gateway relays each token as it arrives, and at a real model's
+pace (tens of milliseconds between tokens) every process is idle between two
+tokens. This measures the floor such a hop stands on, on this machine, with no
+llmgw code in the path: a server process and a client process, on uvloop, in
+three ways:
+
+- ``timer``: one process waking from an idle ``asyncio.sleep(0.01)`` and doing
+  nothing else: what any wake-up costs here.
+- ``stream``: a server streams 64 small messages 10 ms apart to a client
+  (a 64-token reply); CPU per message on each side. Over grpc.aio (a
+  unary-stream call, as between the shim, gateway and sidecar) and over a raw
+  asyncio TCP connection (one line a message).
+- ``call``: the client asks, the server waits 10 ms (idle, as before a first
+  token) and answers; the added latency (p50, p90) and CPU per call on each
+  side. Over grpc.aio (a new unary-stream call each time, on one channel) and
+  over raw TCP (one line each way, one connection).
+
+Ratios between the rows, not absolute figures, say what grpc.aio adds to each
+hop: its C-core threads hand every message to the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import uvloop
+
+from bench.procstat import tree_cpu_seconds
+
+GAP_S = 0.01  # between two tokens at a real model's pace
+MESSAGES = 64  # a reply
+PAYLOAD = b"x" * 40  # about one token's delta message
+_METHOD = "/bench.Floor/Stream"
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- servers (each runs in a process of its own) ---------------------------
+
+
+async def _grpc_server(report_port: Callable[[int], None]) -> None:
+    async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        count = int(request)
+        for _ in range(count):
+            await asyncio.sleep(GAP_S)
+            yield PAYLOAD
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Floor", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    report_port(port)
+    await server.wait_for_termination()
+
+
+async def _tcp_server(report_port: Callable[[int], None]) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            for _ in range(int(line)):
+                await asyncio.sleep(GAP_S)
+                writer.write(PAYLOAD + b"\n")
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    report_port(server.sockets[0].getsockname()[1])
+    await server.serve_forever()
+
+
+# ---- clients -----------------------------------------------------------------
+
+
+class _Client:
+    """One way of asking the server for ``count`` messages and reading them."""
+
+    async def open(self, port: int) -> None:
+        raise NotImplementedError
+
+    async def ask(self, count: int) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class _GrpcClient(_Client):
+    async def open(self, port: int) -> None:
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self._call = self._channel.unary_stream(_METHOD)
+
+    async def ask(self, count: int) -> None:
+        async for _ in self._call(str(count).encode()):
+            pass
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class _TcpClient(_Client):
+    async def open(self, port: int) -> None:
+        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def ask(self, count: int) -> None:
+        self._writer.write(b"%d\n" % count)
+        for _ in range(count):
+            await self._reader.readline()
+
+    async def close(self) -> None:
+        self._writer.close()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement: CPU per unit on each side, and the added latency (calls)."""
+
+    test: str
+    transport: str
+    unit: str
+    server_us: float
+    client_us: float
+    added_p50_ms: float | None = None
+    added_p90_ms: float | None = None
+
+
+def _start_server(transport: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = workdir / f"{transport}.port"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.hop_floor", "--serve", transport,
+                             "--port-file", str(port_file)])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {transport} server did not start")
+        time.sleep(0.02)
+    return proc, int(port_file.read_text())
+
+
+async def _measure(
+    client: _Client, port: int, server_pid: int, work: Callable[[], Awaitable[list[float]]]
+) -> tuple[float, float, list[float]]:
+    """Server and client CPU seconds over ``work`` (after a warm-up call), and its timings."""
+    await client.open(port)
+    await client.ask(2)  # connect and warm up outside the window
+    server_before, client_before = tree_cpu_seconds({"s": server_pid})["s"], _own_cpu_s()
+    timings = await work()
+    server_cpu = tree_cpu_seconds({"s": server_pid})["s"] - server_before
+    client_cpu = _own_cpu_s() - client_before
+    await client.close()
+    return server_cpu, client_cpu, timings
+
+
+async def _stream_row(transport: str, client: _Client, port: int, pid: int, streams: int) -> Row:
+    async def work() -> list[float]:
+        for _ in range(streams):
+            await client.ask(MESSAGES)
+        return []
+
+    server_cpu, client_cpu, _ = await _measure(client, port, pid, work)
+    messages = streams * MESSAGES
+    return Row("stream", transport, "message", 1e6 * server_cpu / messages,
+               1e6 * client_cpu / messages)  # fmt: skip
+
+
+async def _call_row(transport: str, client: _Client, port: int, pid: int, calls: int) -> Row:
+    async def work() -> list[float]:
+        added = []
+        for _ in range(calls):
+            began = time.perf_counter()
+            await client.ask(1)
+            added.append(time.perf_counter() - began - GAP_S)
+        return added
+
+    server_cpu, client_cpu, added = await _measure(client, port, pid, work)
+    deciles = statistics.quantiles(added, n=10)
+    return Row("call", transport, "call", 1e6 * server_cpu / calls, 1e6 * client_cpu / calls,
+               1e3 * statistics.median(added), 1e3 * deciles[8])  # fmt: skip
+
+
+async def _timer_row(wakes: int) -> Row:
+    before = _own_cpu_s()
+    for _ in range(wakes):
+        await asyncio.sleep(GAP_S)
+    return Row("timer", "none", "wake-up", 0.0, 1e6 * (_own_cpu_s() - before) / wakes)
+
+
+async def measure(calls: int, streams: int) -> list[Row]:
+    """Every row, grpc.aio and raw TCP interleaved so that both see the same machine."""
+    rows = [await _timer_row(streams * MESSAGES)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for transport, client_type in (("grpc.aio", _GrpcClient), ("raw TCP", _TcpClient)):
+            proc, port = _start_server("grpc" if transport == "grpc.aio" else "tcp", Path(tmp))
+            try:
+                rows.append(await _stream_row(transport, client_type(), port, proc.pid, streams))
+                rows.append(await _call_row(transport, client_type(), port, proc.pid, calls))
+            finally:
+                proc.terminate()
+                proc.wait()
+    return sorted(rows, key=lambda r: ("timer", "stream", "call").index(r.test))
+
+
+def to_markdown(rows: list[Row]) -> str:
+    """A Markdown table of ``rows``."""
+
+    def ms(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}"
+
+    lines = [
+        "| test | transport | server CPU µs per unit | client CPU µs per unit | unit "
+        "| added latency p50 ms | p90 ms |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        server = "" if r.test == "timer" else f"{r.server_us:.0f}"
+        lines.append(f"| {r.test} | {r.transport} | {server} | {r.client_us:.0f} | {r.unit} "
+                     f"| {ms(r.added_p50_ms)} | {ms(r.added_p90_ms)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the measurements (or, with --serve, be one of the servers)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200, help="calls in the call test")
+    parser.add_argument("--streams", type=int, default=20, help="64-message streams")
+    parser.add_argument("--quick", action="store_true", help="half the calls and streams")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--serve", choices=["grpc", "tcp"], help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        server = _grpc_server if args.serve == "grpc" else _tcp_server
+        port_file: Path = args.port_file
+        uvloop.run(server(lambda port: port_file.write_text(str(port)) and None))
+        return
+    load = os.getloadavg()[0]
+    # The server's CPU is read in clock ticks (10 ms): fewer units, coarser figures.
+    share = 2 if args.quick else 1
+    calls, streams = args.calls // share, args.streams // share
+    table = to_markdown(uvloop.run(measure(calls, streams)))
+    print(f"load average before: {load:.2f}\n\n{table}")
+    if args.markdown:
+        args.markdown.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
