@@ -10,13 +10,11 @@ Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
-from devstack.stack import SimModel, Stack, StackPlan, wait_models_answer
+from devstack.stack import SimModel, Stack, StackPlan, stop_on_signals, wait_models_answer
 
 # DEMO ONLY: a tenant whose key is published, served only on loopback.
 DEMO_TENANTS = Path(__file__).with_name("demo_tenants.yaml")
@@ -135,14 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     plan.shim_workers = args.shim_workers
     plan.extra_env["LLMGW_GATEWAY_TENANTS"] = str(DEMO_TENANTS)
     stack = Stack(plan)
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    # Ctrl-C and SIGTERM alike, installed explicitly: a process started from a
-    # script in the background inherits SIGINT ignored, and Python then leaves it so.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop)
+    stop_on_signals()
     print("starting llmgw (sim engine)...", flush=True)
     try:
         stack.start()

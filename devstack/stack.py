@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import BinaryIO, Protocol
 
 import grpc
@@ -308,6 +309,19 @@ class Stack:
     def pids(self) -> dict[str, int]:
         """Process id of each part, by name."""
         return {name: p.pid for name, p in self.processes}
+
+
+def stop_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM alike raise KeyboardInterrupt in the main thread, so a
+    foreground stack stops cleanly either way. Installed explicitly: a process started
+    from a script in the background inherits SIGINT ignored, and Python then leaves it
+    so (Ctrl-C would not stop it)."""
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

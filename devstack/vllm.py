@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from devstack.stack import ProcessSpec, Stack, StackPlan, wait_models_answer
+from devstack.stack import ProcessSpec, Stack, StackPlan, stop_on_signals, wait_models_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Everything built for vLLM lives here: the repository's .cache/ unless
@@ -277,14 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         sys.exit("cannot start, missing:\n  " + "\n  ".join(missing))
     stack = Stack(plan)
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    # Ctrl-C and SIGTERM alike, installed explicitly: a process started from a
-    # script in the background inherits SIGINT ignored, and Python then leaves it so.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop)
+    stop_on_signals()
     print(
         f"starting llmgw on vLLM (CPU): {', '.join(m.name for m in plan.models)}; "
         "the first start compiles for a few minutes, later ones reuse the cache...",
