@@ -20,13 +20,16 @@ three ways:
   over raw TCP (one line each way, one connection).
 
 Ratios between the rows, not absolute figures, say what grpc.aio adds to each
-hop: its C-core threads hand every message to the event loop's thread.
+hop: its C-core threads hand every message to the event loop's thread, and the
+context-switch columns (all threads of each process, per unit) count those
+hand-offs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import resource
 import statistics
@@ -41,7 +44,7 @@ from pathlib import Path
 import grpc
 import uvloop
 
-from bench.procstat import tree_cpu_seconds
+from bench.procstat import context_switches, tree_cpu_seconds
 
 GAP_S = 0.01  # between two tokens at a real model's pace
 MESSAGES = 64  # a reply
@@ -130,6 +133,16 @@ class _TcpClient(_Client):
 
 
 @dataclass(frozen=True)
+class Window:
+    """Server and client CPU seconds and context switches over a measured window."""
+
+    server_cpu_s: float
+    client_cpu_s: float
+    server_switches: int
+    client_switches: int
+
+
+@dataclass(frozen=True)
 class Row:
     """One measurement: CPU per unit on each side, and the added latency (calls)."""
 
@@ -138,6 +151,8 @@ class Row:
     unit: str
     server_us: float
     client_us: float
+    server_switches: float
+    client_switches: float
     added_p50_ms: float | None = None
     added_p90_ms: float | None = None
 
@@ -154,18 +169,37 @@ def _start_server(transport: str, workdir: Path) -> tuple[subprocess.Popen[bytes
     return proc, int(port_file.read_text())
 
 
+def _window(server_pid: int) -> Window:
+    return Window(
+        tree_cpu_seconds({"s": server_pid})["s"],
+        _own_cpu_s(),
+        context_switches(server_pid),
+        context_switches(os.getpid()),
+    )
+
+
 async def _measure(
     client: _Client, port: int, server_pid: int, work: Callable[[], Awaitable[list[float]]]
-) -> tuple[float, float, list[float]]:
-    """Server and client CPU seconds over ``work`` (after a warm-up call), and its timings."""
+) -> tuple[Window, list[float]]:
+    """What ``work`` cost (after a warm-up call, outside the window), and its timings."""
     await client.open(port)
-    await client.ask(2)  # connect and warm up outside the window
-    server_before, client_before = tree_cpu_seconds({"s": server_pid})["s"], _own_cpu_s()
+    await client.ask(2)
+    before = _window(server_pid)
     timings = await work()
-    server_cpu = tree_cpu_seconds({"s": server_pid})["s"] - server_before
-    client_cpu = _own_cpu_s() - client_before
+    after = _window(server_pid)
     await client.close()
-    return server_cpu, client_cpu, timings
+    return Window(
+        after.server_cpu_s - before.server_cpu_s,
+        after.client_cpu_s - before.client_cpu_s,
+        after.server_switches - before.server_switches,
+        after.client_switches - before.client_switches,
+    ), timings
+
+
+def _row(test: str, transport: str, unit: str, units: int, used: Window) -> Row:
+    return Row(test, transport, unit, 1e6 * used.server_cpu_s / units,
+               1e6 * used.client_cpu_s / units, used.server_switches / units,
+               used.client_switches / units)  # fmt: skip
 
 
 async def _stream_row(transport: str, client: _Client, port: int, pid: int, streams: int) -> Row:
@@ -174,10 +208,8 @@ async def _stream_row(transport: str, client: _Client, port: int, pid: int, stre
             await client.ask(MESSAGES)
         return []
 
-    server_cpu, client_cpu, _ = await _measure(client, port, pid, work)
-    messages = streams * MESSAGES
-    return Row("stream", transport, "message", 1e6 * server_cpu / messages,
-               1e6 * client_cpu / messages)  # fmt: skip
+    used, _ = await _measure(client, port, pid, work)
+    return _row("stream", transport, "message", streams * MESSAGES, used)
 
 
 async def _call_row(transport: str, client: _Client, port: int, pid: int, calls: int) -> Row:
@@ -189,17 +221,20 @@ async def _call_row(transport: str, client: _Client, port: int, pid: int, calls:
             added.append(time.perf_counter() - began - GAP_S)
         return added
 
-    server_cpu, client_cpu, added = await _measure(client, port, pid, work)
+    used, added = await _measure(client, port, pid, work)
+    row = _row("call", transport, "call", calls, used)
     deciles = statistics.quantiles(added, n=10)
-    return Row("call", transport, "call", 1e6 * server_cpu / calls, 1e6 * client_cpu / calls,
-               1e3 * statistics.median(added), 1e3 * deciles[8])  # fmt: skip
+    return dataclasses.replace(
+        row, added_p50_ms=1e3 * statistics.median(added), added_p90_ms=1e3 * deciles[8]
+    )
 
 
 async def _timer_row(wakes: int) -> Row:
-    before = _own_cpu_s()
+    before, switched = _own_cpu_s(), context_switches(os.getpid())
     for _ in range(wakes):
         await asyncio.sleep(GAP_S)
-    return Row("timer", "none", "wake-up", 0.0, 1e6 * (_own_cpu_s() - before) / wakes)
+    used = Window(0.0, _own_cpu_s() - before, 0, context_switches(os.getpid()) - switched)
+    return _row("timer", "none", "wake-up", wakes, used)
 
 
 async def measure(calls: int, streams: int) -> list[Row]:
@@ -224,13 +259,16 @@ def to_markdown(rows: list[Row]) -> str:
         return "" if value is None else f"{value:.2f}"
 
     lines = [
-        "| test | transport | server CPU µs per unit | client CPU µs per unit | unit "
-        "| added latency p50 ms | p90 ms |",
-        "| --- | --- | ---: | ---: | --- | ---: | ---: |",
+        "| test | transport | unit | server CPU µs | client CPU µs | server context switches "
+        "| client context switches | added latency p50 ms | p90 ms |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        server = "" if r.test == "timer" else f"{r.server_us:.0f}"
-        lines.append(f"| {r.test} | {r.transport} | {server} | {r.client_us:.0f} | {r.unit} "
+        timer = r.test == "timer"
+        server = "" if timer else f"{r.server_us:.0f}"
+        server_switches = "" if timer else f"{r.server_switches:.1f}"
+        lines.append(f"| {r.test} | {r.transport} | {r.unit} | {server} | {r.client_us:.0f} "
+                     f"| {server_switches} | {r.client_switches:.1f} "
                      f"| {ms(r.added_p50_ms)} | {ms(r.added_p90_ms)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

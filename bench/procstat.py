@@ -48,3 +48,23 @@ def tree_cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
             tree.extend(children.get(pid, ()))
         result[name] = sum(ticks.get(pid, 0) for pid in tree) / _TICKS_PER_S
     return result
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches so far, summed over the threads of
+    ``pid`` that are alive now: each is a thread going to sleep or being preempted,
+    i.e. a wake-up to pay for later."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/status", "rb") as f:
+                for line in f:
+                    if line.startswith((b"voluntary_ctxt_switches", b"nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue  # the thread ended meanwhile
+    return total
