@@ -146,9 +146,20 @@ bench-litellm: $(STAMP) $(LITELLM_STAMP)
 bench-workers: $(STAMP)
 	$(BIN)/python -m bench.workers_scaling $(patsubst --quick,--duration 5,$(BENCH_ARGS))
 
-## bench-floor: what one hop costs at a token's pace with no llmgw code: grpc.aio against raw TCP, per message and per call
-bench-floor: $(STAMP)
-	$(BIN)/python -m bench.hop_floor $(BENCH_ARGS)
+## bench-floor: what one hop costs at a token's pace with no llmgw code: grpc.aio against raw TCP and grpclib
+## (pure-asyncio gRPC), per message and per call; grpclib in its own virtualenv, never in this project's
+FLOOR_VENV := $(LLMGW_CACHE_DIR)/floor-venv
+GRPCLIB_VERSION := 0.4.9
+FLOOR_STAMP := $(FLOOR_VENV)/.installed-$(GRPCLIB_VERSION)
+$(FLOOR_STAMP): requirements-dev.lock
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	# The same grpcio and uvloop as this project's lock, so that grpc.aio is the one measured.
+	$(FLOOR_VENV)/bin/pip install --quiet grpclib==$(GRPCLIB_VERSION) \
+	  $$(grep -oE '^(grpcio|uvloop)==[^ ]+' requirements-dev.lock)
+	touch $(FLOOR_STAMP)
+
+bench-floor: $(FLOOR_STAMP)
+	$(FLOOR_VENV)/bin/python -m bench.hop_floor $(BENCH_ARGS)
 
 ## deploy: docker compose up (PROFILE=sim|cpu|gpu), or DEPLOY=k8s OVERLAY=sim|cpu|gpu-vllm [IMAGE=reg/llmgw:tag]: kubectl apply -k; waits for health, prints where things are (DEPLOY_ARGS=--dry-run prints the commands)
 .PHONY: deploy undeploy

@@ -19,6 +19,10 @@ three ways:
   side. Over grpc.aio (a new unary-stream call each time, on one channel) and
   over raw TCP (one line each way, one connection).
 
+Where grpclib is installed (``make bench-floor`` runs this in a throwaway
+virtualenv that has it), a third transport is measured: gRPC in pure asyncio
+over h2, with no C-core threads.
+
 Ratios between the rows, not absolute figures, say what grpc.aio adds to each
 hop: its C-core threads hand every message to the event loop's thread, and the
 context-switch columns (all threads of each process, per unit) count those
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import os
 import resource
 import statistics
@@ -40,6 +45,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import uvloop
@@ -93,20 +99,17 @@ async def _tcp_server(report_port: Callable[[int], None]) -> None:
 # ---- clients -----------------------------------------------------------------
 
 
-class _Client:
+class _Client(Protocol):
     """One way of asking the server for ``count`` messages and reading them."""
 
-    async def open(self, port: int) -> None:
-        raise NotImplementedError
+    async def open(self, port: int) -> None: ...
 
-    async def ask(self, count: int) -> None:
-        raise NotImplementedError
+    async def ask(self, count: int) -> None: ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    async def close(self) -> None: ...
 
 
-class _GrpcClient(_Client):
+class _GrpcClient:
     async def open(self, port: int) -> None:
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self._call = self._channel.unary_stream(_METHOD)
@@ -119,7 +122,7 @@ class _GrpcClient(_Client):
         await self._channel.close()
 
 
-class _TcpClient(_Client):
+class _TcpClient:
     async def open(self, port: int) -> None:
         self._reader, self._writer = await asyncio.open_connection("127.0.0.1", port)
 
@@ -157,8 +160,30 @@ class Row:
     added_p90_ms: float | None = None
 
 
+def _transports() -> list[str]:
+    """grpc.aio and raw TCP; grpclib too where it is installed (make bench-floor)."""
+    found = importlib.util.find_spec("grpclib") is not None
+    return ["grpc.aio", "raw TCP"] + (["grpclib"] if found else [])
+
+
+def _server(transport: str) -> Callable[[Callable[[int], None]], Awaitable[None]]:
+    if transport == "grpclib":
+        from bench import hop_floor_grpclib
+
+        return hop_floor_grpclib.serve
+    return _grpc_server if transport == "grpc.aio" else _tcp_server
+
+
+def _client(transport: str) -> _Client:
+    if transport == "grpclib":
+        from bench import hop_floor_grpclib
+
+        return hop_floor_grpclib.GrpclibClient()
+    return _GrpcClient() if transport == "grpc.aio" else _TcpClient()
+
+
 def _start_server(transport: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = workdir / f"{transport}.port"
+    port_file = workdir / f"{transport.replace(' ', '-')}.port"
     proc = subprocess.Popen([sys.executable, "-m", "bench.hop_floor", "--serve", transport,
                              "--port-file", str(port_file)])  # fmt: skip
     deadline = time.monotonic() + 30
@@ -241,11 +266,12 @@ async def measure(calls: int, streams: int) -> list[Row]:
     """Every row, grpc.aio and raw TCP interleaved so that both see the same machine."""
     rows = [await _timer_row(streams * MESSAGES)]
     with tempfile.TemporaryDirectory() as tmp:
-        for transport, client_type in (("grpc.aio", _GrpcClient), ("raw TCP", _TcpClient)):
-            proc, port = _start_server("grpc" if transport == "grpc.aio" else "tcp", Path(tmp))
+        for transport in _transports():
+            proc, port = _start_server(transport, Path(tmp))
             try:
-                rows.append(await _stream_row(transport, client_type(), port, proc.pid, streams))
-                rows.append(await _call_row(transport, client_type(), port, proc.pid, calls))
+                client = _client(transport)
+                rows.append(await _stream_row(transport, client, port, proc.pid, streams))
+                rows.append(await _call_row(transport, _client(transport), port, proc.pid, calls))
             finally:
                 proc.terminate()
                 proc.wait()
@@ -280,11 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=20, help="64-message streams")
     parser.add_argument("--quick", action="store_true", help="half the calls and streams")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
-    parser.add_argument("--serve", choices=["grpc", "tcp"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=_transports(), help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        server = _grpc_server if args.serve == "grpc" else _tcp_server
+        server = _server(args.serve)
         port_file: Path = args.port_file
         uvloop.run(server(lambda port: port_file.write_text(str(port)) and None))
         return
