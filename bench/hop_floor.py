@@ -14,10 +14,12 @@ three ways:
   (a 64-token reply); CPU per message on each side. Over grpc.aio (a
   unary-stream call, as between the shim, gateway and sidecar) and over a raw
   asyncio TCP connection (one line a message).
-- ``call``: the client asks, the server waits 10 ms (idle, as before a first
-  token) and answers; the added latency (p50, p90) and CPU per call on each
-  side. Over grpc.aio (a new unary-stream call each time, on one channel) and
-  over raw TCP (one line each way, one connection).
+- ``call``: the client asks, the server waits (idle: 0, 10, 50 or 250 ms, as
+  between tokens, before a first token, between a quiet client's requests) and
+  answers; the added latency (p50, p90) and CPU per call on each side. Over
+  grpc.aio (a new unary-stream call each time, on one channel) and over raw
+  TCP (one line each way, one connection). On a VM, work that follows a longer
+  idle runs slower (cold caches, a descheduled vCPU): compare the idle rows.
 
 Where grpclib is installed (``make bench-floor`` runs this in a throwaway
 virtualenv that has it), a third transport is measured: gRPC in pure asyncio
@@ -53,9 +55,18 @@ import uvloop
 from bench.procstat import context_switches, tree_cpu_seconds
 
 GAP_S = 0.01  # between two tokens at a real model's pace
+# Idle before the reply in the call test: none (a busy hop), a token's gap, a first
+# token's wait, and a quiet client's pause between requests.
+IDLE_S = (0.0, 0.01, 0.05, 0.25)
+_CALL_BUDGET_S = 8.0  # at most about this long per (transport, idle) with long idles
 MESSAGES = 64  # a reply
 PAYLOAD = b"x" * 40  # about one token's delta message
 _METHOD = "/bench.Floor/Stream"
+
+
+def _request(count: int, gap_s: float) -> bytes:
+    """What a client asks: ``count`` messages, each after ``gap_s`` of idle."""
+    return b"%d %d" % (count, round(gap_s * 1e6))
 
 
 def _own_cpu_s() -> float:
@@ -68,9 +79,10 @@ def _own_cpu_s() -> float:
 
 async def _grpc_server(report_port: Callable[[int], None]) -> None:
     async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        count = int(request)
+        count, gap_us = map(int, request.split())
         for _ in range(count):
-            await asyncio.sleep(GAP_S)
+            if gap_us:
+                await asyncio.sleep(gap_us / 1e6)
             yield PAYLOAD
 
     handler = grpc.method_handlers_generic_handler(
@@ -87,8 +99,10 @@ async def _grpc_server(report_port: Callable[[int], None]) -> None:
 async def _tcp_server(report_port: Callable[[int], None]) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
-            for _ in range(int(line)):
-                await asyncio.sleep(GAP_S)
+            count, gap_us = map(int, line.split())
+            for _ in range(count):
+                if gap_us:
+                    await asyncio.sleep(gap_us / 1e6)
                 writer.write(PAYLOAD + b"\n")
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -100,11 +114,12 @@ async def _tcp_server(report_port: Callable[[int], None]) -> None:
 
 
 class _Client(Protocol):
-    """One way of asking the server for ``count`` messages and reading them."""
+    """One way of asking the server for ``count`` messages, each sent after ``gap_s``
+    of idle, and reading them."""
 
     async def open(self, port: int) -> None: ...
 
-    async def ask(self, count: int) -> None: ...
+    async def ask(self, count: int, gap_s: float) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -114,8 +129,8 @@ class _GrpcClient:
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self._call = self._channel.unary_stream(_METHOD)
 
-    async def ask(self, count: int) -> None:
-        async for _ in self._call(str(count).encode()):
+    async def ask(self, count: int, gap_s: float) -> None:
+        async for _ in self._call(_request(count, gap_s)):
             pass
 
     async def close(self) -> None:
@@ -126,8 +141,8 @@ class _TcpClient:
     async def open(self, port: int) -> None:
         self._reader, self._writer = await asyncio.open_connection("127.0.0.1", port)
 
-    async def ask(self, count: int) -> None:
-        self._writer.write(b"%d\n" % count)
+    async def ask(self, count: int, gap_s: float) -> None:
+        self._writer.write(_request(count, gap_s) + b"\n")
         for _ in range(count):
             await self._reader.readline()
 
@@ -208,7 +223,7 @@ async def _measure(
 ) -> tuple[Window, list[float]]:
     """What ``work`` cost (after a warm-up call, outside the window), and its timings."""
     await client.open(port)
-    await client.ask(2)
+    await client.ask(2, 0.0)
     before = _window(server_pid)
     timings = await work()
     after = _window(server_pid)
@@ -230,24 +245,26 @@ def _row(test: str, transport: str, unit: str, units: int, used: Window) -> Row:
 async def _stream_row(transport: str, client: _Client, port: int, pid: int, streams: int) -> Row:
     async def work() -> list[float]:
         for _ in range(streams):
-            await client.ask(MESSAGES)
+            await client.ask(MESSAGES, GAP_S)
         return []
 
     used, _ = await _measure(client, port, pid, work)
     return _row("stream", transport, "message", streams * MESSAGES, used)
 
 
-async def _call_row(transport: str, client: _Client, port: int, pid: int, calls: int) -> Row:
+async def _call_row(
+    transport: str, client: _Client, port: int, pid: int, calls: int, idle_s: float
+) -> Row:
     async def work() -> list[float]:
         added = []
         for _ in range(calls):
             began = time.perf_counter()
-            await client.ask(1)
-            added.append(time.perf_counter() - began - GAP_S)
+            await client.ask(1, idle_s)
+            added.append(time.perf_counter() - began - idle_s)
         return added
 
     used, added = await _measure(client, port, pid, work)
-    row = _row("call", transport, "call", calls, used)
+    row = _row(f"call, {idle_s * 1e3:.0f} ms idle", transport, "call", calls, used)
     deciles = statistics.quantiles(added, n=10)
     return dataclasses.replace(
         row, added_p50_ms=1e3 * statistics.median(added), added_p90_ms=1e3 * deciles[8]
@@ -271,11 +288,16 @@ async def measure(calls: int, streams: int) -> list[Row]:
             try:
                 client = _client(transport)
                 rows.append(await _stream_row(transport, client, port, proc.pid, streams))
-                rows.append(await _call_row(transport, _client(transport), port, proc.pid, calls))
+                for idle_s in IDLE_S:
+                    # A long idle takes long: fewer calls, each still a sample.
+                    count = min(calls, max(20, round(_CALL_BUDGET_S / idle_s))) if idle_s else calls
+                    client = _client(transport)
+                    rows.append(await _call_row(transport, client, port, proc.pid, count, idle_s))
             finally:
                 proc.terminate()
                 proc.wait()
-    return sorted(rows, key=lambda r: ("timer", "stream", "call").index(r.test))
+    order = list(dict.fromkeys(r.test for r in rows))  # timer, stream, calls by idle
+    return sorted(rows, key=lambda r: order.index(r.test))
 
 
 def to_markdown(rows: list[Row]) -> str:

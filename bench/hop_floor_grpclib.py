@@ -15,7 +15,6 @@ from grpclib.client import Channel, UnaryStreamMethod
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Server, Stream
 
-GAP_S = 0.01
 PAYLOAD = b"x" * 40
 METHOD = "/bench.Floor/Stream"
 
@@ -41,8 +40,10 @@ class _Floor:
     async def stream(self, stream: Stream[Raw, Raw]) -> None:
         request = await stream.recv_message()
         assert request is not None
-        for _ in range(int(request.data)):
-            await asyncio.sleep(GAP_S)
+        count, gap_us = map(int, request.data.split())
+        for _ in range(count):
+            if gap_us:
+                await asyncio.sleep(gap_us / 1e6)
             await stream.send_message(Raw(PAYLOAD))
 
 
@@ -56,7 +57,8 @@ async def serve(report_port: Callable[[int], None]) -> None:
 
 
 class GrpclibClient:
-    """Asks over grpclib for ``count`` messages and reads them."""
+    """Asks over grpclib for ``count`` messages, each after ``gap_s`` of idle, and
+    reads them."""
 
     async def open(self, port: int) -> None:
         self._channel = Channel("127.0.0.1", port)
@@ -64,8 +66,8 @@ class GrpclibClient:
             self._channel, METHOD, Raw, Raw
         )
 
-    async def ask(self, count: int) -> None:
-        await self._method(Raw(b"%d" % count))
+    async def ask(self, count: int, gap_s: float) -> None:
+        await self._method(Raw(b"%d %d" % (count, round(gap_s * 1e6))))
 
     async def close(self) -> None:
         self._channel.close()
