@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.errors import ClientStalled
+
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
@@ -139,7 +141,7 @@ class _ChoiceObserver:
 
 # Outcomes that are the client's doing, from the mildest: any other outcome is a
 # failure, and a fan-out with a failed choice failed.
-_CLIENT_ENDED = ("ok", "cancelled", "client_stalled")
+_CLIENT_ENDED = ("ok", "cancelled", ClientStalled.reason)
 
 
 def merge_records(
