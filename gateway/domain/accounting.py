@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gateway.domain.chat import ChatRequest, FanOut
 from gateway.domain.embedding import EmbeddingRequest
+from gateway.domain.fanout import one_per_prompt
 from gateway.limits.limiter import Reservation
 from gateway.limits.ports import Decision
 
@@ -126,18 +127,15 @@ def spent_by_choices(
         status = Status.CANCELLED
     else:
         status = Status.OK
-    prompt_tokens = 0
-    for first in range(0, len(choices), n):
-        group = [c for c in choices[first : first + n] if c is not None]
-        if group:  # the backend's count when a choice of this prompt finished
-            prompt_tokens += ([c for c in group if c.exact] or group)[0].prompt_tokens
+    # The backend's count where a choice of the prompt finished.
+    prompts = one_per_prompt(choices, n, preferred=lambda c: c.exact)
     lead = served[0] if served else None
     return Spent(
         request_id=request_id,
         status=status,
         model=lead.model if lead else model,
         backend=lead.backend if lead else "",
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=sum(c.prompt_tokens for c in prompts),
         completion_tokens=sum(c.completion_tokens for c in ran),
         exact=len(ran) == len(choices) and all(c.exact for c in ran),
         started_at=started_at,

@@ -9,7 +9,7 @@ this merges their streams in arrival order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from typing import TypeVar
 
@@ -65,3 +65,15 @@ async def merged(streams: Sequence[AsyncGenerator[T, None]]) -> AsyncGenerator[t
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def one_per_prompt(choices: Sequence[T | None], n: int, preferred: Callable[[T], bool]) -> list[T]:
+    """One choice of each prompt that has any (choice ``i`` continues prompt
+    ``i // n``; None: never started), a ``preferred`` one where there is one:
+    whose prompt tokens to count, once per prompt, as OpenAI counts them."""
+    picked = []
+    for first in range(0, len(choices), n):
+        group = [c for c in choices[first : first + n] if c is not None]
+        if group:
+            picked.append(next((c for c in group if preferred(c)), group[0]))
+    return picked

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.domain.fanout import one_per_prompt
 from gateway.errors import ClientStalled
 
 
@@ -158,11 +159,8 @@ def merge_records(
     failures = [o for o in outcomes if o not in _CLIENT_ENDED]
     outcome = failures[0] if failures else max(outcomes, key=_CLIENT_ENDED.index)
     lead = next((r for r in ran if r.backend), ran[0])
-    prompt_tokens = 0
-    for first in range(0, len(records), n):
-        group = [r for r in records[first : first + n] if r is not None]
-        if group:  # the backend's count when a choice of this prompt finished
-            prompt_tokens += ([r for r in group if r.outcome == "ok"] or group)[0].prompt_tokens
+    # The backend's count where a choice of the prompt finished.
+    prompts = one_per_prompt(records, n, preferred=lambda r: r.outcome == "ok")
     return RequestRecord(
         request_id=request_id,
         model=ran[0].model,
@@ -171,7 +169,7 @@ def merge_records(
         tenant=ran[0].tenant,
         outcome=outcome,
         ttft_s=min((r.ttft_s for r in ran if r.ttft_s is not None), default=None),
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=sum(r.prompt_tokens for r in prompts),
         completion_tokens=sum(r.completion_tokens for r in ran),
         duration_s=duration_s,
         client_request_id=ran[0].client_request_id,
