@@ -280,7 +280,7 @@ async def _timer_row(wakes: int) -> Row:
 
 
 async def measure(calls: int, streams: int) -> list[Row]:
-    """Every row, grpc.aio and raw TCP interleaved so that both see the same machine."""
+    """Every row: the timer, then each transport in turn, one server process each, in one run."""
     rows = [await _timer_row(streams * MESSAGES)]
     with tempfile.TemporaryDirectory() as tmp:
         for transport in _transports():
